@@ -1,0 +1,73 @@
+"""Family adapter for Qwen2-VL and Qwen2.5-VL: only the questions that differ per VLM family."""
+
+from __future__ import annotations
+
+import torch
+
+
+class QwenVLAdapter:
+    """Qwen2-VL / Qwen2.5-VL: processor, image placeholder, M-RoPE positions, module locations."""
+
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+    image_placeholder = "<|vision_start|><|image_pad|><|vision_end|>"
+    eos_token = "<|im_end|>"
+    mark_token = "<|emb|>"
+    mask_token = "<|mask|>"
+
+    def load_model(self, path, dtype=None, attn_implementation: str | None = None):
+        from transformers import AutoModelForImageTextToText
+
+        kwargs = {}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+
+    def load_processor(self, path):
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(path)
+        processor.tokenizer.padding_side = "right"
+        return processor
+
+    def base(self, model):
+        """The multimodal base model (vision tower + language model, no LM head)."""
+        return model.model
+
+    def language_model(self, model):
+        return model.model.language_model
+
+    def vision_tower(self, model):
+        return model.model.visual
+
+    def text_config(self, model):
+        return model.config.get_text_config()
+
+    def position_ids(self, model, inputs: dict) -> torch.Tensor:
+        """M-RoPE positions (3, B, T), computed explicitly so no state leaks between calls."""
+        mask = inputs["attention_mask"]
+        if inputs.get("image_grid_thw") is not None or inputs.get("video_grid_thw") is not None:
+            positions, _ = self.base(model).get_rope_index(
+                inputs["input_ids"],
+                mm_token_type_ids=inputs["mm_token_type_ids"],
+                image_grid_thw=inputs.get("image_grid_thw"),
+                video_grid_thw=inputs.get("video_grid_thw"),
+                attention_mask=mask,
+            )
+            return positions
+        text = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        return text.unsqueeze(0).expand(3, -1, -1)
+
+    def hidden_states(self, model, inputs: dict, masks: dict, positions: torch.Tensor) -> torch.Tensor:
+        """Post-norm last hidden states (B, T, d)."""
+        out = self.base(model)(
+            input_ids=inputs["input_ids"],
+            attention_mask=masks,
+            position_ids=positions,
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw"),
+            mm_token_type_ids=inputs.get("mm_token_type_ids"),
+            use_cache=False,
+        )
+        return out.last_hidden_state

@@ -1,0 +1,200 @@
+"""Embedder: a Hugging Face VLM + attention mode + pooling, by composition.
+
+The backbone is a stock transformers model; vlmbed never subclasses or forks it. The attention
+mode is an argument of :meth:`Embedder.forward` (recipes switch it between stages), built as masks
+through transformers' mask interface. vlmbed's own settings (pooling, attention, templates, ...)
+are saved next to the weights in ``vlmbed.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlmbed.data.collate import DEFAULT_TEMPLATES, ItemEncoder
+from vlmbed.models.adapters import BACKBONES
+from vlmbed.models.attention import build_attention_masks
+from vlmbed.models.pooling import POOLING, at_positions, marked_positions
+from vlmbed.types import Item
+
+SETTINGS_FILE = "vlmbed.json"
+
+
+@dataclass
+class EmbedderSettings:
+    """vlmbed's own settings, saved beside the weights."""
+
+    attention: str = "causal"  # causal | bidirectional
+    pooling: str = "last"  # last | mean
+    normalize: bool = True
+    append_eos: bool = True  # append the family's EOS token (what last-token pooling reads)
+    templates: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
+    max_text_tokens: int | None = 512
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLING:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING)}")
+        if self.attention not in ("causal", "bidirectional"):
+            raise ValueError(f"unknown attention {self.attention!r}; choose causal or bidirectional")
+
+
+@dataclass
+class EmbedOutput:
+    """What one forward returns; objectives take what they need."""
+
+    hidden: torch.Tensor  # (B, T, d) post-norm last hidden states
+    attention_mask: torch.Tensor  # (B, T) padding mask
+    masks: dict  # the per-layer attention masks actually used
+    embeddings: torch.Tensor  # (B, d), or (B, k, d) at marked positions
+
+
+class Embedder(nn.Module):
+    """A VLM turned into an embedding model. ``encode(items, role=...)`` is the public entry point."""
+
+    def __init__(self, model: nn.Module, processor, settings: EmbedderSettings | None = None):
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        self.settings = settings or EmbedderSettings()
+        model_type = model.config.model_type
+        if model_type not in BACKBONES:
+            raise ValueError(
+                f"unsupported model type {model_type!r}; vlmbed supports {', '.join(sorted(BACKBONES))}"
+            )
+        self.adapter = BACKBONES[model_type]()
+        tok = processor.tokenizer
+        self.mark_token_id = tok.convert_tokens_to_ids(self.adapter.mark_token)
+        self.encoder = ItemEncoder(
+            processor=processor,
+            image_placeholder=self.adapter.image_placeholder,
+            templates=self.settings.templates,
+            append_eos=self.adapter.eos_token if self.settings.append_eos else None,
+            max_text_tokens=self.settings.max_text_tokens,
+        )
+
+    # ----------------------------------------------------------------- loading and saving
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype=None, attn_implementation: str | None = None, **overrides):
+        """Load a model folder (a vlmbed save, or any supported Hugging Face VLM folder)."""
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"{path} is not a model folder (no config.json). Point to a Hugging Face model folder, "
+                "or build the tiny one with `vlmbed quickstart` / vlmbed.models.tiny.build_tiny_vlm."
+            )
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        if model_type not in BACKBONES:
+            raise ValueError(f"{path}: unsupported model type {model_type!r}; supported: {', '.join(BACKBONES)}")
+        adapter = BACKBONES[model_type]()
+        settings = {}
+        if (path / SETTINGS_FILE).exists():
+            settings = json.loads((path / SETTINGS_FILE).read_text())
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        model = adapter.load_model(path, dtype=dtype, attn_implementation=attn_implementation)
+        processor = adapter.load_processor(path)
+        return cls(model, processor, EmbedderSettings(**settings))
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+        (path / SETTINGS_FILE).write_text(json.dumps(asdict(self.settings), indent=2))
+        return path
+
+    # ----------------------------------------------------------------- forward
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def tokenize(self, items: list[Item], role: str) -> dict[str, torch.Tensor]:
+        return self.encoder(items, role)
+
+    def forward(
+        self,
+        inputs: dict[str, torch.Tensor],
+        attention: str | None = None,
+        pooling: str | None = None,
+        positions: torch.Tensor | str | None = None,
+        block_fn=None,
+    ) -> EmbedOutput:
+        """Embed processor inputs.
+
+        ``attention``: causal | bidirectional | block (with ``block_fn``); defaults to the settings.
+        ``pooling``: last | mean; ignored when ``positions`` is given. ``positions``: (B, k) token
+        indices (-1 = none) or ``"marked"`` for every ``<|emb|>`` token, giving (B, k, d).
+        """
+        inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        mask = inputs["attention_mask"]  # (B, T)
+        mode = attention or self.settings.attention
+        text_config = self.adapter.text_config(self.model)
+        masks = build_attention_masks(mode, text_config, mask, self.dtype, block_fn=block_fn)
+        pos_ids = self.adapter.position_ids(self.model, inputs)  # (3, B, T)
+        hidden = self.adapter.hidden_states(self.model, inputs, masks, pos_ids)  # (B, T, d)
+        if isinstance(positions, str):
+            positions = marked_positions(inputs["input_ids"], self.mark_token_id)  # (B, k)
+        if positions is not None:
+            emb = at_positions(hidden, positions.to(hidden.device))  # (B, k, d)
+        else:
+            emb = POOLING[pooling or self.settings.pooling](hidden, mask)  # (B, d)
+        if self.settings.normalize:
+            emb = nn.functional.normalize(emb.float(), dim=-1).to(emb.dtype)
+        return EmbedOutput(hidden=hidden, attention_mask=mask, masks=masks, embeddings=emb)
+
+    def embed(self, items: list[Item], role: str) -> torch.Tensor:
+        """Embeddings (B, d) of items for a role, with gradients (training)."""
+        return self(self.tokenize(items, role)).embeddings
+
+    # ----------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def encode(
+        self,
+        items: list[Item | str],
+        role: str = "query",
+        batch_size: int = 32,
+        show_progress: bool = False,
+        to_numpy: bool = True,
+    ):
+        """Embed items for ``role`` ("query" or "document"); returns (N, d) float32.
+
+        Items are sorted by length inside the call so batches carry little padding; the result is
+        in input order and does not depend on batch size or neighbours.
+        """
+        items = [Item(text=x) if isinstance(x, str) else x for x in items]
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(items)), key=lambda i: (items[i].has_image, len(items[i].text)))
+        out: list[torch.Tensor | None] = [None] * len(items)
+        batches = range(0, len(items), batch_size)
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=f"encode ({role})", unit="batch")
+        for start in batches:
+            idx = order[start : start + batch_size]
+            emb = self(self.tokenize([items[i] for i in idx], role)).embeddings.float().cpu()
+            for j, i in enumerate(idx):
+                out[i] = emb[j]
+        self.train(was_training)
+        result = torch.stack(out) if out else torch.zeros((0, self.hidden_size))
+        return result.numpy() if to_numpy else result
+
+    @property
+    def hidden_size(self) -> int:
+        return self.adapter.text_config(self.model).hidden_size
+
+    @staticmethod
+    def similarity(a, b) -> np.ndarray | torch.Tensor:
+        """Pairwise similarity (dot product; cosine for normalised embeddings): (N, d) x (M, d) -> (N, M)."""
+        if torch.is_tensor(a):
+            return a @ b.T
+        return np.asarray(a) @ np.asarray(b).T
