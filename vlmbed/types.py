@@ -11,11 +11,10 @@ import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 from PIL import Image
 
-ImageLike = Union[Image.Image, str, Path, bytes, None]
+ImageLike = Image.Image | str | Path | bytes | None
 
 
 @dataclass(frozen=True)

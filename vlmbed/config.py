@@ -1,0 +1,225 @@
+"""Typed schema of a run: YAML instances, dotted ``key=value`` overrides, unknown keys rejected by name.
+
+A recipe is an ordered list of stages; each stage is a complete runnable config (model, data,
+objectives, training, evaluation). Recipe-level ``defaults`` are merged into every stage, and
+overrides apply to every stage (``train.lr=1e-4``) or to one (``stages.NAME.train.lr=1e-4``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PACKAGE_RECIPES = Path(__file__).parent / "recipes"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    path: str = "tiny"  # a model folder, "previous" (the previous stage's output) or "tiny" (built in code)
+    tiny_family: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_vl"
+    attention: Literal["causal", "bidirectional"] = "causal"
+    pooling: Literal["last", "mean"] = "last"
+    normalize: bool = True
+    append_eos: bool = True
+    templates: dict[str, str] | None = None  # per-role templates with {instruction}, {image}, {text}
+    max_text_tokens: int | None = 512
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
+
+
+class SourceConfig(Strict):
+    format: Literal["digits", "jsonl"] = "jsonl"
+    path: str | None = None  # file for jsonl
+    tasks: list[str] | None = None  # digits: subset of task names
+    split: str = "train"
+    weight: float = 1.0
+    max_examples: int | None = None
+
+    @model_validator(mode="after")
+    def _needs_path(self):
+        if self.format == "jsonl" and not self.path:
+            raise ValueError("a jsonl data source needs `path`")
+        return self
+
+
+class DataConfig(Strict):
+    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig(format="digits")])
+    batch_size: int = Field(32, gt=0)
+    num_negatives: int | None = None  # explicit hard negatives per query (None: all the record has)
+    on_bad_image: Literal["error", "skip"] = "error"
+    num_workers: int = 0
+    seed: int = 0
+
+
+class InfoNCEConfig(Strict):
+    name: Literal["infonce"] = "infonce"
+    weight: float = 1.0
+    temperature: float = Field(0.05, gt=0)
+    share_negatives: bool = True  # hard negatives of every query are negatives for all queries
+    mask_same_group: bool = True  # in-batch items sharing the positive/label are not negatives
+    symmetric: bool = False  # add the document -> query direction
+
+
+ObjectiveConfig = Annotated[InfoNCEConfig, Field(discriminator="name")]
+
+
+class TrainConfig(Strict):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    max_steps: int | None = None
+    epochs: float = 1.0
+    grad_clip: float | None = 1.0
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    save_every: int | None = None
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = True  # continue from the newest checkpoint in the stage folder if there is one
+    progress: bool = True
+
+
+class EvalConfig(Strict):
+    suite: Literal["digits", "none"] = "digits"
+    tasks: list[str] | None = None
+    max_queries: int | None = None
+    batch_size: int = 64
+    before: bool = False  # also evaluate the untrained model (for the report)
+
+
+class StageConfig(Strict):
+    name: str
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    objectives: list[ObjectiveConfig] = Field(default_factory=lambda: [InfoNCEConfig()])
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+class RecipeConfig(Strict):
+    name: str = "recipe"
+    output_dir: str = "runs/recipe"
+    stages: list[StageConfig]
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self):
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        if not self.stages:
+            raise ValueError("a recipe needs at least one stage")
+        return self
+
+    def stage(self, name: str) -> StageConfig:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(f"no stage {name!r} in recipe {self.name!r}; stages: {[s.name for s in self.stages]}")
+
+
+class ConfigError(ValueError):
+    """A config problem, with the offending key spelled out."""
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def resolve_recipe_path(name_or_path: str | Path) -> Path:
+    """A path to a YAML file, or the name of a recipe shipped in the package (``quickstart``)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = PACKAGE_RECIPES / f"{Path(str(name_or_path)).stem}.yaml"
+    if shipped.exists():
+        return shipped
+    known = sorted(p.stem for p in PACKAGE_RECIPES.glob("*.yaml"))
+    raise FileNotFoundError(f"recipe {name_or_path!r} not found (not a file; shipped recipes: {known})")
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
+    """Read a recipe YAML, merge defaults into stages, apply ``key=value`` overrides, validate."""
+    path = resolve_recipe_path(name_or_path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    return build_recipe(raw, overrides, source=str(path))
+
+
+def build_recipe(raw: dict, overrides: list[str] | None = None, source: str = "<dict>") -> RecipeConfig:
+    raw = copy.deepcopy(raw)
+    defaults = raw.pop("defaults", {}) or {}
+    stages = raw.pop("stages", None)
+    if not stages:
+        raise ConfigError(f"{source}: a recipe needs a non-empty `stages` list")
+    merged = [_deep_merge(defaults, s) for s in stages]
+    top = raw
+    for item in overrides or []:
+        key, value = _split_override(item)
+        parts = key.split(".")
+        if parts[0] in ("name", "output_dir"):
+            top[parts[0]] = value
+        elif parts[0] == "stages":
+            if len(parts) < 3:
+                raise ConfigError(f"override {item!r}: use stages.<stage name>.<key>=<value>")
+            target = [s for s in merged if s.get("name") == parts[1]]
+            if not target:
+                raise ConfigError(f"override {item!r}: no stage named {parts[1]!r}")
+            _set_dotted(target[0], parts[2:], value)
+        else:
+            for s in merged:
+                _set_dotted(s, parts, value)
+    top["stages"] = merged
+    try:
+        return RecipeConfig.model_validate(top)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from None
+
+
+def _split_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value (for example train.lr=2e-5)")
+    key, text = item.split("=", 1)
+    return key.strip(), yaml.safe_load(text) if text.strip() else None
+
+
+def _set_dotted(d: dict, parts: list[str], value: Any) -> None:
+    for p in parts[:-1]:
+        nxt = d.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {'.'.join(parts)}: {p} is not a section")
+        d = nxt
+    d[parts[-1]] = value
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config in {source}:"]
+    for err in exc.errors():
+        loc = list(err["loc"])
+        if len(loc) >= 2 and loc[0] == "stages" and isinstance(loc[1], int):
+            loc = ["stages", f"#{loc[1]}"] + loc[2:]
+        key = ".".join(str(p) for p in loc if not (isinstance(p, str) and p in ("infonce",)))
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  unknown key `{key}` (check the spelling; see docs/recipes for the schema)")
+        else:
+            lines.append(f"  `{key}`: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def dump_yaml(model: BaseModel) -> str:
+    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False)

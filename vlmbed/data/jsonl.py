@@ -1,0 +1,100 @@
+"""Generic jsonl format: one training/eval record per line, image paths relative to the file.
+
+Each line::
+
+    {"query": "text", "query_image": "imgs/q1.png", "query_instruction": "...",
+     "positive": "text", "positive_image": "imgs/p1.png",
+     "negatives": [{"text": "...", "image": "imgs/n1.png"}, "plain text negative"],
+     "task": "my_task", "label": "optional group label"}
+
+Only ``query``/``query_image`` (one of them) and ``positive``/``positive_image`` (one of them) are
+required. Unknown fields are an error naming the field (typos must not silently drop data).
+A missing or unreadable image raises an error naming file and line, or, with
+``on_bad_image="skip"``, the record is skipped and counted in :class:`ReadStats`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlmbed.data.images import ImageLoadError, open_image
+from vlmbed.types import Example, Item
+
+FIELDS = {
+    "query", "query_image", "query_instruction", "positive", "positive_image", "positive_instruction",
+    "negatives", "task", "label", "id",
+}
+
+
+class DataFormatError(ValueError):
+    """A record is malformed; the message names file and line."""
+
+
+@dataclass
+class ReadStats:
+    read: int = 0
+    skipped: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+def read_jsonl(
+    path: str | Path, on_bad_image: str = "error", check_images: bool = True, stats: ReadStats | None = None
+) -> list[Example]:
+    """Read a jsonl file of records into Examples (see module docstring for the fields)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    stats = stats if stats is not None else ReadStats()
+    out = []
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                example = _record(json.loads(line), path.parent, where, check_images)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(f"{where}: not valid JSON ({exc.msg})") from None
+            except ImageLoadError as exc:
+                if on_bad_image != "skip":
+                    raise ImageLoadError(f"{where}: {exc}") from None
+                stats.skipped += 1
+                stats.reasons.append(f"{where}: {exc}")
+                continue
+            out.append(example)
+            stats.read += 1
+    return out
+
+
+def _item(text, image, instruction, root: Path, where: str, check: bool) -> Item:
+    img = None
+    if image:
+        img = Path(image) if Path(image).is_absolute() else root / image
+        if check:
+            open_image(img, source=where)
+    return Item(text=text or "", image=img, instruction=instruction or "", source=where)
+
+
+def _record(rec: dict, root: Path, where: str, check: bool) -> Example:
+    if not isinstance(rec, dict):
+        raise DataFormatError(f"{where}: a record must be a JSON object")
+    unknown = sorted(set(rec) - FIELDS)
+    if unknown:
+        raise DataFormatError(f"{where}: unknown field(s) {unknown}; known fields: {sorted(FIELDS)}")
+    if not (rec.get("query") or rec.get("query_image")):
+        raise DataFormatError(f"{where}: record needs `query` text or a `query_image`")
+    if not (rec.get("positive") or rec.get("positive_image")):
+        raise DataFormatError(f"{where}: record needs `positive` text or a `positive_image`")
+    query = _item(rec.get("query"), rec.get("query_image"), rec.get("query_instruction"), root, where, check)
+    pos = _item(rec.get("positive"), rec.get("positive_image"), rec.get("positive_instruction"), root, where, check)
+    negs = []
+    for n, neg in enumerate(rec.get("negatives") or []):
+        if isinstance(neg, str):
+            neg = {"text": neg}
+        if not isinstance(neg, dict) or not (neg.get("text") or neg.get("image")):
+            raise DataFormatError(f"{where}: negatives[{n}] needs `text` or `image`")
+        negs.append(_item(neg.get("text"), neg.get("image"), neg.get("instruction"), root, where, check))
+    label = rec.get("label")
+    return Example(query, [pos], negs, task=rec.get("task", ""), label=None if label is None else str(label))
