@@ -12,8 +12,8 @@ digits_parity       VQA       image + "Is this digit even?" -> yes / no      2
 digits_successor    VQA       image + "What is this digit plus one?" -> word 10
 digits_t2i          RET       "a handwritten seven" -> image                 10
 digits_i2t          RET       image -> "a handwritten seven"                 10
-digits_grounding    VG        2x2 composite + "the digit in the top-left"    4 crops
-                              -> that quadrant's crop
+digits_grounding    VG        2x2 composite + "the digit labeled as 'seven'" 4 crops
+                              -> the crop of that digit (MMEB MSCOCO-VG style)
 ==================  ========  =============================================  ==========
 
 Records are :class:`~vlmbed.types.Example`: ``positives=[target]``, ``negatives`` = the other
@@ -30,7 +30,6 @@ from PIL import Image
 from vlmbed.types import Example, Item
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
-POSITIONS = ["top-left", "top-right", "bottom-left", "bottom-right"]
 
 DIGITS_TASKS = {
     "digits_cls": "CLS",
@@ -47,7 +46,7 @@ INSTRUCTIONS = {
     "digits_successor": "Answer the question about the digit in the image: ",
     "digits_t2i": "Find an image that matches the description: ",
     "digits_i2t": "Find a caption describing the given image: ",
-    "digits_grounding": "Select the portion of the image that shows ",
+    "digits_grounding": "Select the portion of the image that isolates ",
 }
 
 
@@ -175,7 +174,8 @@ def _i2t(idx, labels, by_class, rng) -> list[Example]:
 
 
 def _grounding(idx, labels, by_class, rng) -> list[Example]:
-    """One query per image: it is placed in a 2x2 composite with three digits of other classes."""
+    """MMEB MSCOCO-VG style: a 2x2 composite of four digits of different classes + "the digit labeled
+    as 'seven'" -> the crop of that digit, among the composite's four crops."""
     ins = INSTRUCTIONS["digits_grounding"]
     out = []
     for i in idx:
@@ -184,9 +184,9 @@ def _grounding(idx, labels, by_class, rng) -> list[Example]:
         fillers = [int(rng.choice(by_class[c])) for c in classes]
         pos = int(rng.integers(4))
         cells = fillers[:pos] + [int(i)] + fillers[pos:]
-        q = Item(text=f"the digit in the {POSITIONS[pos]}", image=_composite(cells), instruction=ins)
+        q = Item(text=f"the digit labeled as '{WORDS[y]}'", image=_composite(cells), instruction=ins)
         crops = [Item(image=digit_image(j)) for j in [int(i)] + fillers]
-        out.append(Example(q, crops[:1], crops[1:], task="digits_grounding"))
+        out.append(Example(q, crops[:1], crops[1:], task="digits_grounding", label=str(y)))
     return out
 
 

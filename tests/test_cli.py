@@ -1,0 +1,71 @@
+"""CLI end to end on the tiny model: quickstart (short), train, eval, encode, and error messages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vlmbed.cli import _register, app
+
+_register()
+runner = CliRunner()
+
+
+def test_quickstart_short_run_writes_model_results_and_report(tmp_path):
+    out = tmp_path / "qs"
+    res = runner.invoke(app, ["quickstart", "--out", str(out), "train.max_steps=4", "train.progress=false",
+                              "eval.max_queries=12", "data.batch_size=16"])
+    assert res.exit_code == 0, res.output
+    stage = out / "00-contrastive"
+    results = json.loads((stage / "results.json").read_text())
+    assert set(results["after"]["meta_tasks"]) == {"CLS", "VQA", "RET", "VG"}
+    assert results["before"] is not None  # untrained scores sit beside the trained ones
+    report = (stage / "report.html").read_text()
+    assert "data:image/png;base64," in report and "untrained" in report
+    rows = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 4 and {"loss", "lr", "examples_per_s"} <= set(rows[-1])
+    ckpts = sorted((stage / "checkpoints").glob("step-*"))
+    assert ckpts and (ckpts[-1] / "trainer_state.json").exists() and (ckpts[-1] / "config.yaml").exists()
+    assert (stage / "model" / "vlmbed.json").exists()
+
+    # the trained folder evaluates and encodes through the CLI
+    res = runner.invoke(app, ["eval", "--model", str(stage / "model"), "--suite", "digits", "--max-queries", "8",
+                              "--tasks", "digits_cls", "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "ev" / "results.json").read_text())["tasks"]["digits_cls"]["num_queries"] == 8
+
+    Image.new("RGB", (16, 16), "white").save(tmp_path / "w.png")
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"text": "seven"}\n{"image": "w.png", "text": "a white image"}\n')
+    res = runner.invoke(app, ["encode", "--model", str(stage / "model"), "--input", str(items),
+                              "--out", str(tmp_path / "v.npy"), "--role", "document"])
+    assert res.exit_code == 0, res.output
+    vecs = np.load(tmp_path / "v.npy")
+    assert vecs.shape[0] == 2 and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+
+
+def test_train_rejects_unknown_key_by_name(tmp_path):
+    res = runner.invoke(app, ["train", "quickstart", f"output_dir={tmp_path}", "train.learning_rate=1"])
+    assert res.exit_code == 2
+    assert "unknown key `stages.#0.train.learning_rate`" in res.output
+
+
+def test_encode_names_the_bad_line(tmp_path, tiny_model_dir):
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"text": "ok"}\n{"image": "missing.png"}\n')
+    res = runner.invoke(app, ["encode", "--model", str(tiny_model_dir), "--input", str(items),
+                              "--out", str(tmp_path / "v.npy")])
+    assert res.exit_code == 2
+    assert f"{items}:2" in res.output and "missing.png" in res.output
+
+
+@pytest.mark.slow
+def test_full_quickstart_reaches_target(tmp_path):
+    res = runner.invoke(app, ["quickstart", "--out", str(tmp_path / "qs"), "train.progress=false"])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "qs" / "00-contrastive" / "results.json").read_text())
+    assert results["after"]["overall"] >= 0.90
