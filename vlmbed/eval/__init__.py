@@ -1,5 +1,9 @@
-"""Evaluation: suites -> encode unique items -> score -> metrics -> results."""
+"""Evaluation: suites -> check data -> encode unique items (cached) -> score -> metrics -> results.
 
-from vlmbed.eval.run import evaluate
+Suites: ``digits`` (built in), ``mmeb`` (MMEB v1), ``vidore`` (ViDoRe v1 + v2), ``mbeir`` (M-BEIR).
+See docs/evaluation.md for formats, metrics, tie rules and aggregation.
+"""
 
-__all__ = ["evaluate"]
+from vlmbed.eval.run import SUITES, check_suite, evaluate, load_suite
+
+__all__ = ["evaluate", "check_suite", "load_suite", "SUITES"]
