@@ -21,6 +21,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class LoraSettings(Strict):
+    """Parameter-efficient training with LoRA (peft), injected in place so the model stays a plain HF model."""
+
+    enabled: bool = False
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target: Literal["language", "language_and_vision"] = "language"  # where adapters go
+    modules: list[str] | None = None  # leaf module names (default: every attention and MLP projection)
+    qlora: bool = False  # 4-bit base weights (needs bitsandbytes and a CUDA device)
+    export: Literal["merged", "adapter"] = "merged"  # what the stage's model/ folder holds (adapter/ always)
+
+
 class ModelConfig(Strict):
     path: str = "tiny"  # a model folder, "previous" (the previous stage's output) or "tiny" (built in code)
     tiny_family: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_vl"
@@ -33,6 +46,7 @@ class ModelConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: str | None = None
     gradient_checkpointing: bool = False
+    lora: LoraSettings = Field(default_factory=lambda: LoraSettings())
 
 
 class SourceConfig(Strict):
@@ -50,6 +64,18 @@ class SourceConfig(Strict):
         return self
 
 
+class BatchingConfig(Strict):
+    """How examples become batches (see vlmbed.data.batching)."""
+
+    mode: Literal["fixed", "token_budget"] = "fixed"  # token_budget: MoCa's cost-bucketed micro-batches
+    max_tokens: int = Field(12800, gt=0)  # token budget of one device's micro-batch (token_budget mode)
+    cost: Literal["moca", "tokens"] = "moca"  # moca: text + 4 * image tokens + 2 * images; tokens: length
+    homogeneous: bool = False  # every batch from one task (source dataset)
+    unique_positives: bool = False  # never two examples with the same positive in one (global) batch
+    task_weights: dict[str, float] | None = None  # sampling weight per task (None: proportional to size)
+    cost_cache: str | None = None  # folder for cached per-example costs (default: <output_dir>/cache)
+
+
 class DataConfig(Strict):
     sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig(format="digits")])
     batch_size: int = Field(32, gt=0)
@@ -57,6 +83,7 @@ class DataConfig(Strict):
     on_bad_image: Literal["error", "skip"] = "error"
     num_workers: int = 0
     seed: int = 0
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
 
 
 class InfoNCEConfig(Strict):
@@ -85,6 +112,11 @@ class TrainConfig(Strict):
     seed: int = 0
     resume: bool = True  # continue from the newest checkpoint in the stage folder if there is one
     progress: bool = True
+    keep_checkpoints: int = Field(2, ge=1)  # newest K checkpoints kept
+    gradcache_chunk: int | None = Field(None, gt=0)  # GradCache: sequences per chunk (None: no GradCache)
+    gather_across_devices: bool = True  # in-batch negatives from every process (gradient-carrying gather)
+    max_nonfinite: int = Field(5, ge=1)  # stop after this many non-finite losses in a row (each is skipped)
+    freeze_vision: bool = False  # full fine-tuning of the language model only
 
 
 class EvalConfig(Strict):

@@ -28,6 +28,7 @@ def resolve_model_path(model_cfg, work_dir: Path, previous: Path | None = None) 
 
 
 def build_embedder(model_cfg, path: Path) -> Embedder:
+    """Load the stage's model; inject LoRA adapters (``model.lora``) or keep every weight trainable."""
     settings = dict(
         attention=model_cfg.attention,
         pooling=model_cfg.pooling,
@@ -37,9 +38,51 @@ def build_embedder(model_cfg, path: Path) -> Embedder:
     )
     if model_cfg.templates:
         settings["templates"] = model_cfg.templates
-    embedder = Embedder.from_pretrained(
-        path, dtype=DTYPES[model_cfg.dtype], attn_implementation=model_cfg.attn_implementation, **settings
-    )
+    lora_cfg = getattr(model_cfg, "lora", None)
+    if lora_cfg is not None and lora_cfg.enabled and lora_cfg.qlora:
+        embedder = _load_4bit(model_cfg, path, settings)
+    else:
+        embedder = Embedder.from_pretrained(
+            path, dtype=DTYPES[model_cfg.dtype], attn_implementation=model_cfg.attn_implementation, **settings
+        )
     if model_cfg.gradient_checkpointing:
         embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora_cfg is not None and lora_cfg.enabled:
+            embedder.model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
+    if lora_cfg is not None and lora_cfg.enabled:
+        from vlmbed.models.lora import apply_lora, has_lora
+
+        if has_lora(embedder.model):
+            raise ValueError(f"{path} is a LoRA adapter folder; set model.lora.enabled=false to keep training it, "
+                             "or export it merged first")
+        apply_lora(embedder, lora_cfg, base_path=path)
     return embedder
+
+
+def _load_4bit(model_cfg, path: Path, settings: dict) -> Embedder:
+    """QLoRA: 4-bit NF4 base weights (bitsandbytes, CUDA), bf16 compute."""
+    import importlib.util
+    import json
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("model.lora.qlora=true needs a CUDA device and the bitsandbytes package "
+                         "(pip install bitsandbytes); use model.lora.qlora=false on this machine")
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    from vlmbed.models.adapters import BACKBONES
+    from vlmbed.models.embedder import SETTINGS_FILE, EmbedderSettings
+
+    path = Path(path)
+    adapter = BACKBONES[json.loads((path / "config.json").read_text())["model_type"]]()
+    from transformers import AutoModelForImageTextToText
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, quantization_config=quant, dtype=torch.bfloat16, attn_implementation=model_cfg.attn_implementation
+    )
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
+    saved = json.loads((path / SETTINGS_FILE).read_text()) if (path / SETTINGS_FILE).exists() else {}
+    saved.update({k: v for k, v in settings.items() if v is not None})
+    return Embedder(model, adapter.load_processor(path), EmbedderSettings(**saved))

@@ -80,8 +80,17 @@ class Embedder(nn.Module):
     # ----------------------------------------------------------------- loading and saving
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype=None, attn_implementation: str | None = None, **overrides):
-        """Load a model folder (a vlmbed save, or any supported Hugging Face VLM folder)."""
+        """Load a model folder (a vlmbed save, any supported Hugging Face VLM folder, or a LoRA adapter folder)."""
+        from vlmbed.models import lora
+
         path = Path(path)
+        if lora.is_adapter_folder(path):
+            settings = json.loads((path / SETTINGS_FILE).read_text()) if (path / SETTINGS_FILE).exists() else {}
+            settings.update({k: v for k, v in overrides.items() if v is not None})
+            embedder = cls.from_pretrained(lora.adapter_base(path), dtype=dtype,
+                                           attn_implementation=attn_implementation, **settings)
+            lora.load_adapter(embedder, path)
+            return embedder
         if not (path / "config.json").exists():
             raise FileNotFoundError(
                 f"{path} is not a model folder (no config.json). Point to a Hugging Face model folder, "
@@ -99,10 +108,22 @@ class Embedder(nn.Module):
         processor = adapter.load_processor(path)
         return cls(model, processor, EmbedderSettings(**settings))
 
-    def save_pretrained(self, path: str | Path) -> Path:
+    def save_pretrained(self, path: str | Path, state_dict: dict | None = None, merge_lora: bool = True) -> Path:
+        """Save weights, processor and settings. With LoRA adapters: merged weights as a plain Hugging Face
+        folder (``merge_lora=True``), or the adapter alone in PEFT's format. ``state_dict``: weights to save
+        instead of the live ones (a state dict gathered from FSDP / ZeRO-3 shards)."""
+        from vlmbed.models import lora
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        if lora.has_lora(self.model) and not merge_lora:
+            lora.save_adapter(self.model, path, state_dict)
+        elif lora.has_lora(self.model):
+            self.model.save_pretrained(path, state_dict=lora.merged_state_dict(self.model, state_dict))
+        elif state_dict is not None:
+            self.model.save_pretrained(path, state_dict=state_dict)
+        else:
+            self.model.save_pretrained(path)
         self.processor.save_pretrained(path)
         (path / SETTINGS_FILE).write_text(json.dumps(asdict(self.settings), indent=2))
         return path

@@ -1,6 +1,17 @@
 """The one training loop, on accelerate: setup, step, log, save. Readable top to bottom.
 
-The same code runs on one CPU, one GPU, or many devices through ``accelerate launch``.
+The same code runs on one CPU, one GPU, or many devices through ``accelerate launch`` (DDP, FSDP,
+DeepSpeed ZeRO-2/3; presets in ``vlmbed/recipes/accelerate``). A step is:
+
+1. the next batch of this process's share of the plan (``vlmbed.data.batching``);
+2. embeddings of every role, whole (one forward per role) or in GradCache chunks
+   (``train.gradcache_chunk``), the loss on the embeddings with documents gathered from every
+   process (``train.gather_across_devices``), and the backward;
+3. a non-finite loss or gradient skips the update (counted; ``train.max_nonfinite`` in a row stop
+   the run with an error); otherwise clip, optimizer and scheduler step.
+
+Checkpoints (``train.save_every``) hold model, optimizer, scheduler and RNG states (accelerate)
+plus the plan position of the last trained batch; resume continues with the next batch.
 """
 
 from __future__ import annotations
@@ -8,22 +19,27 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 
+from vlmbed import dist
 from vlmbed.config import StageConfig, dump_yaml
-from vlmbed.data.collate import ContrastiveCollator
 from vlmbed.data.sources import load_sources
 from vlmbed.models.build import build_embedder
-from vlmbed.objectives import OBJECTIVES
 from vlmbed.train.checkpoint import latest_checkpoint, read_state, save_checkpoint
+from vlmbed.train.data import build_loader, build_plan
+from vlmbed.train.gradcache import GradCache, full_batch_step
+from vlmbed.train.losses import CONTRASTIVE_ROLES, contrastive_loss, global_mean_parts
 from vlmbed.train.optim import build_optimizer, build_scheduler
-from vlmbed.train.sampler import EpochShuffleSampler
+
+
+class NonFiniteLossError(ValueError):
+    """Too many non-finite losses in a row: the run diverged."""
 
 
 @dataclass
@@ -33,6 +49,24 @@ class StageResult:
     final_loss: float
     seconds: float
     skipped_records: int
+    nonfinite_steps: int = 0
+
+
+@dataclass
+class Progress:
+    """What resume needs beside the accelerate state; saved as JSON in every checkpoint."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # plan position of the next batch
+    batch: int = 0
+    batches_seen: int = 0  # batches drawn, skipped ones included
+    nonfinite_total: int = 0
+    nonfinite_in_row: int = 0
+    gradcache_chunk: int | None = None
+
+    def advance(self, position: tuple[int, int]) -> None:
+        self.epoch, self.batch = position[0], position[1] + 1
+        self.batches_seen += 1
 
 
 def mixed_precision(setting: str) -> str:
@@ -43,123 +77,209 @@ def mixed_precision(setting: str) -> str:
     return "no"
 
 
-def contrastive_losses(model, batch: dict, objectives) -> dict[str, torch.Tensor]:
+def make_accelerator(cfg) -> Accelerator:
+    # Unused parameters are normal (a text-only chunk never touches the vision tower); buffers are
+    # constants (rotary tables), and broadcasting them would add a collective to every forward.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
+    return Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision), kwargs_handlers=[ddp])
+
+
+def encoder_fn(model):
+    """(role, processor inputs) -> embeddings; ``positions`` in the inputs selects several per row."""
+
+    def encode(role: str, inputs: dict) -> torch.Tensor:
+        inputs = dict(inputs)
+        positions = inputs.pop("positions", None)
+        return model(inputs, positions=positions).embeddings
+
+    return encode
+
+
+def contrastive_losses(model, batch: dict, objectives, gather: bool = True) -> dict[str, torch.Tensor]:
     """Forward every role, then sum the weighted objectives; returns named parts and ``loss``."""
-    q = model(batch["query"]).embeddings  # (B, d)
-    p = model(batch["positive"]).embeddings  # (B, d)
-    n = model(batch["negatives"]).embeddings if batch.get("negatives") is not None else None  # (N, d)
-    parts: dict[str, torch.Tensor] = {}
-    total = torch.zeros((), device=q.device)
-    for obj in objectives:
-        params = obj.model_dump(exclude={"name", "weight"})
-        if not params.pop("mask_same_group", True):
-            group_ids = None
-        else:
-            group_ids = batch["group_ids"].to(q.device)
-        out = OBJECTIVES[obj.name](
-            q, p, negatives=n, negative_owner=batch["negative_owner"].to(q.device), group_ids=group_ids, **params
-        )
-        for name, value in out.items():
-            parts[name] = value
-            total = total + obj.weight * value
-    parts["loss"] = total
-    return parts
+    encode = encoder_fn(model)
+    reps = {r: encode(r, batch[r]) for r in CONTRASTIVE_ROLES if batch.get(r) is not None}
+    return contrastive_loss(reps, batch, objectives, gather=gather)
 
 
 def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageResult:
     """Train one stage from ``model_path``; write checkpoints, metrics and the final model to ``stage_dir``."""
     cfg = stage.train
     stage_dir = Path(stage_dir)
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision))
+    accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
     embedder = build_embedder(stage.model, model_path)
+    if cfg.freeze_vision:
+        for p in embedder.adapter.vision_tower(embedder.model).parameters():
+            p.requires_grad_(False)
     examples, stats = load_sources(stage.data)
     if stats.skipped and accelerator.is_main_process:
         print(f"skipped {stats.skipped} record(s) with unreadable images (data.on_bad_image=skip); first: "
               f"{stats.reasons[0]}")
-    sampler = EpochShuffleSampler(len(examples), seed=stage.data.seed)
-    loader = DataLoader(
-        examples, batch_size=stage.data.batch_size, sampler=sampler, drop_last=True,
-        collate_fn=ContrastiveCollator(embedder.encoder, stage.data.num_negatives),
-        num_workers=stage.data.num_workers,
-    )
-    if len(loader) == 0:
-        raise ValueError(f"stage {stage.name}: {len(examples)} examples is fewer than one batch "
-                         f"(data.batch_size={stage.data.batch_size})")
-    steps_per_epoch = len(loader)
+    with accelerator.main_process_first():
+        plan = build_plan(stage, examples, embedder, accelerator.num_processes, accelerator.process_index,
+                          stage_dir.parent / "cache")
+    loader, sampler = build_loader(stage, examples, embedder, plan)
+    steps_per_epoch = len(plan)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     optimizer = build_optimizer(embedder, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(embedder, optimizer, loader, scheduler)
-    steps_per_epoch = len(loader)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # the loader is ours (the plan shards it), so DeepSpeed is told the micro-batch size directly
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = stage.data.batch_size
+    model, optimizer, scheduler = accelerator.prepare(embedder, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    engine = GradCache(cfg.gradcache_chunk, getattr(unwrapped.model.config, "image_token_id", None))
 
     # ---- resume
-    step = 0
+    progress = Progress(gradcache_chunk=cfg.gradcache_chunk)
     ckpt = latest_checkpoint(stage_dir) if cfg.resume else None
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
-        step = read_state(ckpt)["step"]
-        accelerator.print(f"resumed from {ckpt} at step {step}")
+        saved = read_state(ckpt)
+        progress = Progress(**{k: v for k, v in saved.items() if k in Progress.__dataclass_fields__})
+        progress.gradcache_chunk = cfg.gradcache_chunk
+        accelerator.print(f"resumed from {ckpt} at step {progress.step} (epoch {progress.epoch}, "
+                          f"batch {progress.batch})")
+    sampler.set_start(progress.epoch, progress.batch)
     config_yaml = dump_yaml(stage)
+    metrics_path = stage_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         stage_dir.mkdir(parents=True, exist_ok=True)
         (stage_dir / "config.yaml").write_text(config_yaml)
-    metrics_path = stage_dir / "metrics.jsonl"
+        _truncate_metrics(metrics_path, progress.step)
+
+    def save(step_state: Progress) -> None:
+        state = {k: v for k, v in step_state.__dict__.items() if k != "step"}
+        save_checkpoint(accelerator, stage_dir, step_state.step, state, config_yaml, keep=cfg.keep_checkpoints)
 
     # ---- train
     model.train()
-    progress = _progress(accelerator, cfg, total_steps, step)
+    bar = _progress_bar(accelerator, cfg, total_steps, progress.step)
+    encode = encoder_fn(model)
+    sync = _sync_context(accelerator, model)
+
+    def backward(loss: torch.Tensor, last: bool) -> None:
+        accelerator.backward(loss)
+
     start, seen, last_loss = time.time(), 0, float("nan")
-    batches = _batches(loader, sampler, accelerator, step, steps_per_epoch)
-    while step < total_steps:
+    batches = iter(loader)
+    while progress.step < total_steps:
         batch = next(batches)
-        parts = contrastive_losses(model, batch, stage.objectives)
-        accelerator.backward(parts["loss"])
-        if cfg.grad_clip:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        roles = {r: batch.get(r) for r in CONTRASTIVE_ROLES}
+
+        def loss_fn(reps: dict, batch=batch) -> dict:
+            return contrastive_loss(reps, batch, stage.objectives, gather=cfg.gather_across_devices)
+
+        if cfg.gradcache_chunk:
+            out = engine.step(encode, roles, loss_fn, backward, sync)
+        else:
+            out = full_batch_step(encode, roles, loss_fn, backward, sync)
+        progress.advance(batch["position"])
+        finite = out.finite and _finite_grad_norm(accelerator, model, cfg.grad_clip)
+        if not finite:
+            _skip_update(accelerator, optimizer, progress, cfg.max_nonfinite, out.parts)
+            continue
+        progress.nonfinite_in_row = 0
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
-        seen += stage.data.batch_size * accelerator.num_processes
-        last_loss = parts["loss"].item()
-        if step % cfg.log_every == 0 or step == total_steps:
-            row = {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
-                   "examples_per_s": seen / max(1e-9, time.time() - start)}
-            row.update({k: v.item() for k, v in parts.items()})
+        progress.step += 1
+        seen += sum(dist.gather_sizes(int(batch["query"]["input_ids"].shape[0])))
+        parts = global_mean_parts(out.parts)
+        last_loss = parts["loss"]
+        if progress.step % cfg.log_every == 0 or progress.step == total_steps:
+            row = {"step": progress.step, "epoch": progress.batches_seen / steps_per_epoch,
+                   "lr": scheduler.get_last_lr()[0], "examples_per_s": seen / max(1e-9, time.time() - start),
+                   "nonfinite_steps": progress.nonfinite_total, **parts}
             if accelerator.is_main_process:
                 with metrics_path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
-            if progress is not None:
-                progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
-                                     ex_s=f"{row['examples_per_s']:.0f}")
-        if progress is not None:
-            progress.update(1)
-        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-            save_checkpoint(accelerator, stage_dir, step, {"epoch": step / steps_per_epoch}, config_yaml)
-    if progress is not None:
-        progress.close()
+            if bar is not None:
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                                ex_s=f"{row['examples_per_s']:.0f}")
+        if bar is not None:
+            bar.update(1)
+        if cfg.save_every and progress.step % cfg.save_every == 0 and progress.step < total_steps:
+            save(progress)
+    if bar is not None:
+        bar.close()
 
     # ---- save
-    save_checkpoint(accelerator, stage_dir, step, {"epoch": step / steps_per_epoch}, config_yaml)
+    save(progress)
+    model_dir = save_final_model(accelerator, model, stage, stage_dir)
+    return StageResult(model_dir, progress.step, last_loss, time.time() - start, stats.skipped,
+                       progress.nonfinite_total)
+
+
+def _sync_context(accelerator, model):
+    """Around every GradCache chunk: no gradient reduction except at the step's last backward."""
+
+    @contextmanager
+    def sync(last: bool):
+        accelerator.sync_gradients = last  # DeepSpeed: accumulation boundary (and its step) only at the last
+        try:
+            with nullcontext() if last else accelerator.no_sync(model):
+                yield
+        finally:
+            accelerator.sync_gradients = True
+
+    return sync
+
+
+def _finite_grad_norm(accelerator, model, clip: float | None) -> bool:
+    """Clip (if asked) and check the gradient norm; under DeepSpeed the engine clips and checks itself."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return True
+    norm = accelerator.clip_grad_norm_(model.parameters(), clip if clip else float("inf"))
+    return norm is None or bool(torch.isfinite(torch.as_tensor(norm)).all())
+
+
+def _skip_update(accelerator, optimizer, progress: Progress, limit: int, parts: dict) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    progress.nonfinite_total += 1
+    progress.nonfinite_in_row += 1
+    shown = {k: float(v) for k, v in parts.items()}
+    accelerator.print(f"step {progress.step + 1}: non-finite loss or gradient {shown}; update skipped "
+                      f"({progress.nonfinite_in_row} in a row, {progress.nonfinite_total} in total)")
+    if progress.nonfinite_in_row >= limit:
+        raise NonFiniteLossError(
+            f"training stopped: {progress.nonfinite_in_row} non-finite losses/gradients in a row at step "
+            f"{progress.step} (train.max_nonfinite={limit}). Lower train.lr, raise the objective's temperature, "
+            "use train.mixed_precision=bf16 instead of fp16, or check the data; the last checkpoint is kept."
+        )
+
+
+def save_final_model(accelerator, model, stage: StageConfig, stage_dir: Path) -> Path:
+    """The stage's model: plain Hugging Face folder (LoRA merged), and the adapter alone when LoRA is on."""
+    from vlmbed.models.lora import has_lora
+
+    unwrapped = accelerator.unwrap_model(model)
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    full = accelerator.get_state_dict(model) if sharded else None  # collective: every process takes part
+    state_dict = {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")} if full else None
     model_dir = stage_dir / "model"
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(model_dir)
+        lora = has_lora(unwrapped.model)
+        merged = not lora or stage.model.lora.export == "merged"
+        unwrapped.save_pretrained(model_dir, state_dict=state_dict, merge_lora=merged)
+        if lora:
+            unwrapped.save_pretrained(stage_dir / "adapter", state_dict=state_dict, merge_lora=False)
     accelerator.wait_for_everyone()
-    return StageResult(model_dir, step, last_loss, time.time() - start, stats.skipped)
+    return model_dir
 
 
-def _batches(loader, sampler, accelerator, step: int, steps_per_epoch: int):
-    """Endless batches, starting at global ``step`` without replaying the batches before it."""
-    epoch, skip = divmod(step, steps_per_epoch)
-    while True:
-        sampler.set_epoch(epoch)
-        it = accelerator.skip_first_batches(loader, skip) if skip else loader
-        yield from it
-        epoch, skip = epoch + 1, 0
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop logged rows past the resumed step (they belong to the interrupted run's lost steps)."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = [line for line in rows if json.loads(line).get("step", 0) <= step]
+    if len(keep) != len(rows):
+        path.write_text("".join(line + "\n" for line in keep))
 
 
-def _progress(accelerator, cfg, total: int, initial: int):
+def _progress_bar(accelerator, cfg, total: int, initial: int):
     if not (cfg.progress and accelerator.is_main_process):
         return None
     from tqdm.auto import tqdm

@@ -21,6 +21,8 @@ class StageRun:
 
 
 def run_recipe(recipe: RecipeConfig, only_stage: str | None = None) -> list[StageRun]:
+    from accelerate import PartialState
+
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs: list[StageRun] = []
@@ -31,7 +33,9 @@ def run_recipe(recipe: RecipeConfig, only_stage: str | None = None) -> list[Stag
             done = stage_dir / "model"
             previous = done if (done / "config.json").exists() else previous
             continue
-        runs.append(run_stage(stage, stage_dir, resolve_model_path(stage.model, out, previous)))
+        with PartialState().main_process_first():  # one process builds the tiny model; the others wait
+            model_path = resolve_model_path(stage.model, out, previous)
+        runs.append(run_stage(stage, stage_dir, model_path))
         previous = runs[-1].result.model_dir
     return runs
 

@@ -1,0 +1,124 @@
+"""GradCache equals the full batch: loss and every parameter gradient, float32, tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlmbed.config import InfoNCEConfig
+from vlmbed.objectives import infonce
+from vlmbed.train.chunks import split_inputs
+from vlmbed.train.gradcache import GradCache, full_batch_step
+from vlmbed.train.losses import CONTRASTIVE_ROLES, contrastive_loss
+from vlmbed.train.loop import encoder_fn
+
+from .conftest import digits_examples, train_batch
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _run(embedder, batch, objectives, chunk):
+    embedder.zero_grad(set_to_none=True)
+    roles = {r: batch.get(r) for r in CONTRASTIVE_ROLES}
+    encode = encoder_fn(embedder)
+
+    def loss_fn(reps):
+        return contrastive_loss(reps, batch, objectives)
+
+    def backward(loss, last):
+        loss.backward()
+
+    if chunk:
+        out = GradCache(chunk).step(encode, roles, loss_fn, backward)
+    else:
+        out = full_batch_step(encode, roles, loss_fn, backward)
+    assert out.finite
+    return out.parts, _grads(embedder)
+
+
+def _assert_same(a, b, tol=1e-5):
+    assert set(a) == set(b)
+    for name in a:
+        scale = max(1.0, float(a[name].abs().max()))
+        diff = float((a[name] - b[name]).abs().max())
+        assert diff <= tol * scale, f"{name}: max diff {diff}"
+
+
+@pytest.mark.parametrize("chunk", [1, 5])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_gradcache_equals_full_batch_with_hard_negatives(f32_embedder, chunk, symmetric):
+    batch = train_batch(f32_embedder, digits_examples(per_task=3), num_negatives=2)
+    assert batch["negatives"] is not None and "pixel_values" in batch["positive"]
+    objectives = [InfoNCEConfig(temperature=0.05, symmetric=symmetric)]
+    full_parts, full_grads = _run(f32_embedder, batch, objectives, None)
+    gc_parts, gc_grads = _run(f32_embedder, batch, objectives, chunk)
+    assert abs(float(full_parts["loss"]) - float(gc_parts["loss"])) < 1e-5
+    assert any(g.abs().sum() > 0 for n, g in full_grads.items() if "visual" in n)  # images do get gradient
+    _assert_same(full_grads, gc_grads)
+
+
+def test_loss_matches_the_objective_called_directly(f32_embedder):
+    batch = train_batch(f32_embedder, digits_examples(per_task=3), num_negatives=1)
+    with torch.no_grad():
+        q = f32_embedder(batch["query"]).embeddings
+        p = f32_embedder(batch["positive"]).embeddings
+        n = f32_embedder(batch["negatives"]).embeddings
+        direct = infonce.loss(q, p, n, batch["negative_owner"], batch["group_ids"], temperature=0.05)["infonce"]
+        ours = contrastive_loss({"query": q, "positive": p, "negatives": n}, batch, [InfoNCEConfig()])["loss"]
+    assert abs(float(direct) - float(ours)) < 1e-6
+
+
+def test_gradcache_with_several_embeddings_per_sequence(f32_embedder):
+    """(B, k, d) embeddings at marked positions: a per-turn InfoNCE over flattened turns."""
+    enc = f32_embedder.encoder
+    texts = [f"query {w} <|emb|> then {v} <|emb|>" for w, v in zip(["one", "two", "three", "four"],
+                                                                    ["five", "six", "seven", "eight"], strict=True)]
+    docs = [f"document {w} {v}" for w, v in zip(["one", "two", "three", "four"], ["a", "b", "c", "d"], strict=True)]
+    q_inputs = dict(enc.processor(text=texts, padding=True, return_tensors="pt"))
+    q_inputs["positions"] = torch.stack([
+        (row == f32_embedder.mark_token_id).nonzero().flatten() for row in q_inputs["input_ids"]])  # (B, 2)
+    d_inputs = dict(enc.processor(text=docs + docs[::-1], padding=True, return_tensors="pt"))  # 2 per query
+
+    def loss_fn(reps):
+        q = reps["query"].reshape(-1, reps["query"].shape[-1])  # (B*k, d)
+        return {"loss": infonce.loss(q, reps["positive"], temperature=0.1)["infonce"]}
+
+    roles = {"query": q_inputs, "positive": d_inputs}
+    encode = encoder_fn(f32_embedder)
+    results = []
+    for chunk in (None, 3):
+        f32_embedder.zero_grad(set_to_none=True)
+        step = GradCache(chunk).step if chunk else full_batch_step
+        out = step(encode, roles, loss_fn, lambda loss, last: loss.backward())
+        results.append((float(out.parts["loss"]), _grads(f32_embedder)))
+    assert abs(results[0][0] - results[1][0]) < 1e-5
+    _assert_same(results[0][1], results[1][1])
+
+
+def test_split_inputs_keeps_images_with_their_rows(f32_embedder):
+    batch = train_batch(f32_embedder, digits_examples(tasks=("digits_t2i", "digits_grounding"), per_task=3))
+    pos = batch["positive"]
+    chunks = split_inputs(pos, 2)
+    assert [c["input_ids"].shape[0] for c in chunks] == [2, 2, 2]
+    assert sum(c["image_grid_thw"].shape[0] for c in chunks if "image_grid_thw" in c) == pos["image_grid_thw"].shape[0]
+    assert sum(c["pixel_values"].shape[0] for c in chunks if "pixel_values" in c) == pos["pixel_values"].shape[0]
+    with torch.no_grad():
+        whole = f32_embedder(pos).embeddings
+        parts = torch.cat([f32_embedder(c).embeddings for c in chunks])
+    assert torch.allclose(whole, parts, atol=1e-5)
+
+
+def test_nonfinite_loss_skips_the_backward(f32_embedder):
+    batch = train_batch(f32_embedder, digits_examples(per_task=2))
+    f32_embedder.zero_grad(set_to_none=True)
+    calls = []
+
+    def loss_fn(reps):
+        return {"loss": reps["query"].sum() * float("nan")}
+
+    out = GradCache(2).step(encoder_fn(f32_embedder), {r: batch.get(r) for r in CONTRASTIVE_ROLES}, loss_fn,
+                            lambda loss, last: calls.append(last))
+    assert not out.finite and calls == []
+    assert all(p.grad is None for p in f32_embedder.parameters())
