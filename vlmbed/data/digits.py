@@ -198,3 +198,17 @@ _BUILDERS = {
     "digits_i2t": _i2t,
     "digits_grounding": _grounding,
 }
+
+
+def unlabeled_digits(split: str = "train", seed: int = 0):
+    """The digits data without pairs, for reconstruction pre-training: every image of ``split`` as an
+    image document, and every text the suite uses (captions, questions, answers) as a text document."""
+    from vlmbed.data.pretrain import IMAGE_MARK, Document
+
+    suite = build_digits(split, seed=seed)
+    texts = sorted({it.text for exs in suite.values() for ex in exs for it in (ex.query, *ex.positives, *ex.negatives)
+                    if it.text})
+    docs = [Document(IMAGE_MARK + "A handwritten digit.", [digit_image(int(i))], source=f"digits:{i}")
+            for i in split_indices()[split]]
+    docs += [Document(t, [], source="digits:text") for t in texts]
+    return docs

@@ -51,6 +51,7 @@ class EmbedOutput:
     attention_mask: torch.Tensor  # (B, T) padding mask
     masks: dict  # the per-layer attention masks actually used
     embeddings: torch.Tensor  # (B, d), or (B, k, d) at marked positions
+    position_ids: torch.Tensor | None = None  # (3, B, T) M-RoPE positions used
 
 
 class Embedder(nn.Module):
@@ -158,6 +159,10 @@ class Embedder(nn.Module):
         mask = inputs["attention_mask"]  # (B, T)
         mode = attention or self.settings.attention
         text_config = self.adapter.text_config(self.model)
+        if "flash" in str(getattr(text_config, "_attn_implementation", "")):
+            if mode == "block":
+                raise ValueError("block attention masks need attn_implementation sdpa, eager or flex_attention")
+            self.adapter.set_causal(self.model, mode == "causal")
         masks = build_attention_masks(mode, text_config, mask, self.dtype, block_fn=block_fn)
         pos_ids = self.adapter.position_ids(self.model, inputs)  # (3, B, T)
         hidden = self.adapter.hidden_states(self.model, inputs, masks, pos_ids)  # (B, T, d)
@@ -169,7 +174,7 @@ class Embedder(nn.Module):
             emb = POOLING[pooling or self.settings.pooling](hidden, mask)  # (B, d)
         if self.settings.normalize:
             emb = nn.functional.normalize(emb.float(), dim=-1).to(emb.dtype)
-        return EmbedOutput(hidden=hidden, attention_mask=mask, masks=masks, embeddings=emb)
+        return EmbedOutput(hidden=hidden, attention_mask=mask, masks=masks, embeddings=emb, position_ids=pos_ids)
 
     def embed(self, items: list[Item], role: str) -> torch.Tensor:
         """Embeddings (B, d) of items for a role, with gradients (training)."""

@@ -41,6 +41,20 @@ class QwenVLAdapter:
     def vision_tower(self, model):
         return model.model.visual
 
+    def lm_head(self, model):
+        return model.lm_head
+
+    def decoder_layers(self, model):
+        return self.language_model(model).layers
+
+    def image_token_id(self, model) -> int:
+        return model.config.image_token_id
+
+    def set_causal(self, model, causal: bool) -> None:
+        """Flash-attention paths read ``is_causal`` from the attention modules, not from the mask."""
+        for layer in self.decoder_layers(model):
+            layer.self_attn.is_causal = causal
+
     def text_config(self, model):
         return model.config.get_text_config()
 
