@@ -76,9 +76,12 @@ def open_checked(data: bytes, where: str, max_pixels: int) -> Image.Image:
             return img.convert("RGB")
     except RequestError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise RequestError(400, f"{where}: the bytes are not a readable image ({exc})", param=where,
-                           code="invalid_image") from exc
+    except UnidentifiedImageError as exc:
+        raise RequestError(400, f"{where}: the bytes are not a readable image (not PNG, JPEG, WebP, GIF or another "
+                           "format the server can decode)", param=where, code="invalid_image") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise RequestError(400, f"{where}: image rejected as too large to decode safely ({exc})", param=where,
+                           code="image_too_large") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise RequestError(400, f"{where}: the image is corrupt or truncated ({exc})", param=where,
                            code="invalid_image") from exc

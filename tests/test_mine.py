@@ -1,0 +1,160 @@
+"""Hard-negative mining: exclusion rules against a brute-force reference, paths, formats, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vlmbed.mine import MineSettings, MiningDataError, mine_hard_negatives, read_training_records
+
+WORDS = "zero one two three four five six seven eight nine digit image photo left right top bottom".split()
+
+
+@pytest.fixture()
+def train_file(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    records = []
+    for i in range(24):
+        task = "t_text" if i < 16 else "t_image"
+        rec = {"query": " ".join(rng.choice(WORDS, 4)), "positive": f"answer {' '.join(rng.choice(WORDS, 3))}",
+               "task": task}
+        if task == "t_image":
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / "imgs" / f"{i}.png")
+            rec["positive_image"] = f"imgs/{i}.png"
+        if i in (0, 1):
+            rec["label"] = "same"  # records 0 and 1 share an answer: never each other's negatives
+        records.append(rec)
+    records[5]["positive"] = records[4]["positive"]  # a duplicate positive: excluded as "the positive"
+    path = tmp_path / "data" / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path
+
+
+def brute_force(embedder, path, settings: MineSettings) -> list[list[str]]:
+    """Reference: the k best candidates of the same task after the rules, scored with encode."""
+    recs = read_training_records(path)
+    pool: dict[str, tuple] = {}
+    for r in recs:
+        entry = pool.setdefault(r.positive.key(), (r.positive, set(), set()))
+        entry[1].add(r.task)
+        if r.label is not None:
+            entry[2].add((r.task, r.label))
+    cands = list(pool.values())
+    cvec = embedder.encode([c[0] for c in cands], role="document")
+    qvec = embedder.encode([r.query for r in recs], role="query")
+    pvec = embedder.encode([r.positive for r in recs], role="document")
+    out = []
+    for i, r in enumerate(recs):
+        pos_score = float(qvec[i] @ pvec[i])
+        scored = sorted(((float(qvec[i] @ cvec[j]), j) for j in range(len(cands))), reverse=True)
+        picks = []
+        for score, j in scored:
+            item, tasks, labels = cands[j]
+            if r.task not in tasks or item.key() in (r.positive.key(), r.query.key()):
+                continue
+            if (r.label is not None and (r.task, r.label) in labels) or score > pos_score + settings.margin:
+                continue
+            if float(cvec[j] @ pvec[i]) >= settings.dup_threshold:
+                continue
+            picks.append(item.text)
+        out.append(picks[: settings.k])
+    return out
+
+
+def negative_texts(record: dict) -> list[str]:
+    return [n["text"] for n in record["negatives"]]  # every positive in the fixture has text
+
+
+def test_mined_negatives_match_reference_and_rules(train_file, tmp_path, embedder):
+    settings = MineSettings(k=3, dup_threshold=0.999, margin=0.05)
+    out = tmp_path / "train.neg.jsonl"
+    report = mine_hard_negatives(None, train_file, out, settings, embedder=embedder)
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    source = [json.loads(line) for line in train_file.read_text().splitlines()]
+    assert len(written) == 24 and report.records == 24
+    for original, rec in zip(source, written, strict=True):  # every other field unchanged
+        assert {k: v for k, v in rec.items() if k not in ("negatives", "positive_image")} == \
+            {k: v for k, v in original.items() if k not in ("negatives", "positive_image")}
+    expected = brute_force(embedder, train_file, settings)
+    for i, (rec, want) in enumerate(zip(written, expected, strict=True)):
+        assert negative_texts(rec) == want, f"record {i}"
+        assert rec["positive"] not in [n.get("text") for n in rec["negatives"]]
+    assert written[0]["positive"] not in [n.get("text") for n in written[1]["negatives"]]  # same label
+    assert written[1]["positive"] not in [n.get("text") for n in written[0]["negatives"]]
+    assert report.excluded_positive > 0 and report.excluded_label > 0
+    assert report.negatives_written == sum(len(r["negatives"]) for r in written)
+
+
+def test_thresholds_hold_and_paths_are_relative_to_the_output(train_file, tmp_path, embedder):
+    settings = MineSettings(k=4, dup_threshold=0.6, margin=0.0)
+    out = tmp_path / "elsewhere" / "neg.jsonl"
+    report = mine_hard_negatives(None, train_file, out, settings, embedder=embedder)
+    assert report.excluded_duplicate > 0 and report.excluded_false_negative > 0
+    from vlmbed.data.jsonl import read_jsonl
+
+    examples = read_jsonl(out)  # the lead's reader loads the mined file, images resolved from its folder
+    for ex in examples:
+        q = embedder.encode([ex.query], role="query")[0]
+        p = embedder.encode([ex.positive], role="document")[0]
+        for neg in ex.negatives:
+            n = embedder.encode([neg], role="document")[0]
+            assert n @ p < 0.6 + 1e-5 and q @ n <= q @ p + 1e-5
+            assert neg.image is None or neg.image.exists()
+    image_records = [json.loads(line) for line in out.read_text().splitlines()][16:]
+    assert image_records[0]["positive_image"] == "../data/imgs/16.png"
+
+
+def test_any_task_and_keep_existing(train_file, tmp_path, embedder):
+    lines = train_file.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["negatives"] = [{"text": "given negative"}]
+    lines[0] = json.dumps(first)
+    train_file.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "any.jsonl"
+    mine_hard_negatives(None, train_file, out, MineSettings(k=20, same_task=False, keep_existing=True, margin=None),
+                        embedder=embedder)
+    rec = json.loads(out.read_text().splitlines()[0])
+    assert rec["negatives"][0] == {"text": "given negative"}
+    assert any("image" in n for n in rec["negatives"])  # candidates from the other task too
+
+
+def test_corpus_mining(train_file, tmp_path, embedder):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"id": i, "text": f"corpus doc {w}"}) for i, w in enumerate(WORDS)))
+    out = tmp_path / "c.jsonl"
+    mine_hard_negatives(None, train_file, out, MineSettings(k=2, margin=None), corpus=corpus, embedder=embedder)
+    for line in out.read_text().splitlines():
+        negs = json.loads(line)["negatives"]
+        assert len(negs) == 2 and all(n["text"].startswith("corpus doc") for n in negs)
+
+
+def test_bad_records_name_file_and_line(tmp_path, embedder):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"query": "q", "positive": "p"}\n{"query": "q2"}\n')
+    with pytest.raises(MiningDataError, match=r"bad.jsonl:2: record needs `positive`"):
+        mine_hard_negatives(None, path, tmp_path / "o.jsonl", embedder=embedder)
+    path.write_text('{"query": "q", "positive": "p"}\n{"query": "q2", "positive_image": "missing.png"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        mine_hard_negatives(None, path, tmp_path / "o.jsonl", embedder=embedder)
+    report = mine_hard_negatives(None, path, tmp_path / "o.jsonl", embedder=embedder, on_bad="skip")
+    assert len(report.skipped) == 1 and "bad.jsonl:2" in report.skipped[0]
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 2  # the record is still written
+
+
+def test_cli(train_file, tmp_path, tiny_model_dir):
+    from vlmbed.cli import _register, app
+
+    _register()
+    out = tmp_path / "cli.neg.jsonl"
+    r = CliRunner().invoke(app, ["mine", "--model", str(tiny_model_dir), "--data", str(train_file), "--out",
+                                 str(out), "-k", "2", "--margin", "-1"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["records"] == 24 and summary["negatives_written"] == 48
+    assert all(len(json.loads(line)["negatives"]) == 2 for line in out.read_text().splitlines())
