@@ -60,7 +60,7 @@ def read_rows(files: list[Path], max_rows: int | None = None) -> list[dict]:
     for path in files:
         names = pq.read_schema(path).names
         missing = [c for c in COLUMNS if c not in names]
-        if missing:
+        if missing or "qry_inst" in names:
             raise MMEBFormatError(_schema_hint(path, names, missing))
         rows.extend(pq.read_table(path, columns=list(COLUMNS)).to_pylist())
         if max_rows is not None and len(rows) >= max_rows:
@@ -76,7 +76,7 @@ def _schema_hint(path: Path, names: list[str], missing: list[str]) -> str:
         what = "this is MMEB-train data (columns qry/pos_text); evaluation needs TIGER-Lab/MMEB-eval"
     else:
         what = "expected TIGER-Lab/MMEB-eval parquet"
-    return f"{path}: missing column(s) {missing} (has {names}); {what}"
+    return f"{path}: {'missing column(s) ' + str(missing) if missing else 'not the V1 layout'} (has {names}); {what}"
 
 
 def mmeb_item(text: str | None, image_path: str | None, image_root: Path, source: str) -> Item:

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from vlmbed.eval.published import comparison
-from vlmbed.eval.suite import EvalTask, SuiteSpec
+from vlmbed.eval.ranking import tie_ranks
+from vlmbed.eval.suite import EvalTask, SuiteSpec, row_scores
 
 
 def versions() -> dict:
@@ -98,15 +99,15 @@ def write_local_run(runs: Path, task: EvalTask, detail: dict, depth: int = 10, t
     """MMEB-style rows as a TREC run: qid = row number, docid = candidate position (0 = the positive).
 
     Ranks follow the task's tie policy (MMEB: first index). trec_eval breaks exact ties by docid
-    descending instead, so a re-score can differ from ours only on exactly tied scores.
+    descending instead, so under first_index a re-score can differ from ours only on exactly tied scores.
     """
     q_emb, q_where, c_emb, c_where = detail["q_emb"], detail["q_where"], detail["c_emb"], detail["c_where"]
     start = 0
     with open(runs / f"{task.name}.trec", "w") as fh:
         for r, (qi, n) in enumerate(zip(q_where, detail["lengths"], strict=True)):
-            s = c_emb[c_where[start : start + n]] @ q_emb[qi]
+            s = row_scores(q_emb[qi], c_emb, c_where[start : start + n])
             start += n
-            order = np.lexsort((np.arange(n), -s))[:depth]
+            order = np.lexsort((tie_ranks([str(j) for j in range(n)], task.ties), -s))[:depth]
             for rank, j in enumerate(order, start=1):
                 fh.write(f"{r} Q0 {j} {rank} {float(s[j])!r} {tag}\n")
     write_qrels(runs / f"{task.name}.qrels", {str(r): {"0": 1} for r in range(len(detail["lengths"]))})

@@ -64,14 +64,20 @@ def topk_blocked(
     query_block: int = 256,
     doc_block: int = 262_144,
     transform=None,
+    doc_where: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k documents for every query by dot product, in blocks (memory bounded for large pools).
 
-    Returns indices (Q, k) and their scores (Q, k) as float32. ``transform(scores, doc_offset)`` may
-    edit a block's scores in place before ranking (e.g. vidore-benchmark's clipping at 0).
-    Merging block winners under the same total order is exact.
+    ``doc_where`` (N,) maps document positions to rows of ``docs`` (unique embeddings): each distinct
+    row is multiplied once per block, so identical documents get bit-identical scores and tie exactly
+    (separate products of equal vectors may differ in the last bit). Returns indices (Q, k) into the
+    N positions and their float32 scores. ``transform(scores, doc_offset)`` may edit a block's scores
+    in place before ranking (e.g. vidore-benchmark's clipping at 0). Merging block winners under the
+    same total order is exact.
     """
-    n = docs.shape[0]
+    if doc_where is None:
+        doc_where = np.arange(docs.shape[0])
+    n = len(doc_where)
     k_eff = n if k is None else min(k, n)
     idx_out = np.zeros((queries.shape[0], k_eff), dtype=np.int64)
     val_out = np.zeros((queries.shape[0], k_eff), dtype=np.float32)
@@ -79,7 +85,8 @@ def topk_blocked(
         q = queries[qs : qs + query_block]
         best_idx, best_val = [], []
         for ds in range(0, n, doc_block):
-            s = q @ docs[ds : ds + doc_block].T  # (b, block) float32
+            rows, inverse = np.unique(doc_where[ds : ds + doc_block], return_inverse=True)
+            s = (q @ docs[rows].T)[:, inverse.reshape(-1)]  # (b, block) float32
             if transform is not None:
                 transform(s, ds)
             local = topk(s, k_eff, tie[ds : ds + doc_block])

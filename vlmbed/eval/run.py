@@ -116,7 +116,7 @@ def _score_all(encoder: RunEncoder, task_list, spec: SuiteSpec, run_depth: int):
         else:
             if corpus_key is not task.corpus:  # tasks sharing a pool encode and hold it once
                 emb, where = encoder(task.corpus.items, "document", f"{task.name} corpus")
-                corpus_key, corpus_emb = task.corpus, (emb[where] if emb is not None else None)
+                corpus_key, corpus_emb = task.corpus, (emb, where)
             res, detail = score_retrieval_task(encoder, task, corpus_emb, run_depth)
         if res:
             res.update({"meta_task": task.meta_task, "split": task.split, "metric": task.headline,

@@ -114,7 +114,7 @@ def positive_ranks(q_emb: np.ndarray, q_where, c_emb: np.ndarray, c_where, lengt
     out = np.zeros(len(lengths), dtype=np.int64)
     start = 0
     for r, (qi, n) in enumerate(zip(q_where, lengths, strict=True)):
-        s = c_emb[c_where[start : start + n]] @ q_emb[qi]  # (n,) float32
+        s = row_scores(q_emb[qi], c_emb, c_where[start : start + n])  # (n,)
         start += n
         higher = int(np.sum(s > s[0]))
         if ties == "trec":
@@ -122,6 +122,12 @@ def positive_ranks(q_emb: np.ndarray, q_where, c_emb: np.ndarray, c_where, lengt
             higher += int(np.sum((s == s[0]) & (tie < tie[0])))
         out[r] = higher
     return out
+
+
+def row_scores(q: np.ndarray, c_emb: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Scores of one candidate row; duplicate candidates share one product, so they tie exactly."""
+    rows, inverse = np.unique(where, return_inverse=True)
+    return (c_emb[rows] @ q)[inverse.reshape(-1)]
 
 
 def local_metrics(ranks: np.ndarray) -> dict[str, float]:
@@ -155,15 +161,18 @@ def score_local_task(encode, task: EvalTask) -> tuple[dict, dict | None]:
 
 
 # ----------------------------------------------------------------------------- corpus retrieval
-def score_retrieval_task(encode, task: RetrievalTask, corpus_emb: np.ndarray | None, run_depth: int = 100):
-    """Rank every query against the corpus and compute metrics per query, per subset and per task."""
+def score_retrieval_task(encode, task: RetrievalTask, corpus: tuple | None, run_depth: int = 100):
+    """Rank every query against the corpus and compute metrics per query, per subset and per task.
+
+    ``corpus`` = (unique embeddings (U, d), index (N,) of each corpus document into them).
+    """
     q_emb, q_where = encode(task.queries, "query", f"{task.name} queries")
     if q_emb is None:
         return {}, None
     depth = metric_depth(task.metrics)
     depth = None if depth is None else max(depth, run_depth)
     tie = tie_ranks(task.corpus.ids, task.ties)
-    idx, vals = topk_blocked(q_emb[q_where], corpus_emb, depth, tie, transform=task.transform)
+    idx, vals = topk_blocked(q_emb[q_where], corpus[0], depth, tie, transform=task.transform, doc_where=corpus[1])
     per_query, ids = {}, task.corpus.ids
     for i, qid in enumerate(task.query_ids):
         judged = task.qrels.get(qid)
