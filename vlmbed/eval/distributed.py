@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+_OWNED = False  # evaluation set the process group up itself (so later evaluations shard too)
+
 
 @dataclass
 class EvalDist:
@@ -55,8 +57,9 @@ def eval_dist(distributed: bool | None = None) -> EvalDist:
     """The process group to shard over.
 
     ``None`` (auto): shard when the script was started by ``accelerate launch`` / ``torchrun`` with
-    several processes *and* no process group is in use yet (so evaluation owns it; a training run
-    that already set one up and evaluates on its main process only is left alone). ``True``: shard
+    several processes *and* the process group was not set up by someone else (evaluation then owns
+    it, for this and later evaluations; a training run that already set one up and evaluates on its
+    main process only is left alone). ``True``: shard
     over the launched processes, setting the group up if needed. ``False``: this process alone.
     """
     if distributed is False:
@@ -66,20 +69,32 @@ def eval_dist(distributed: bool | None = None) -> EvalDist:
         return EvalDist()
     import torch.distributed as td
 
-    if td.is_available() and td.is_initialized() and distributed is None:
+    global _OWNED
+    if td.is_available() and td.is_initialized() and distributed is None and not _OWNED:
         return EvalDist()
+    if not td.is_initialized():
+        _state()  # sets up the process group from the launcher's environment (gloo on CPU, nccl on GPUs)
+        _OWNED = True
+    return EvalDist(rank=td.get_rank(), world=td.get_world_size())
+
+
+def _cpu_only() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+
+
+def _state():
     from accelerate import PartialState
 
-    state = PartialState()
-    return EvalDist(rank=state.process_index, world=state.num_processes)
+    return PartialState(cpu=_cpu_only())
 
 
 def device_for(dist: EvalDist):
     """The device this process should encode on (its GPU under a launcher, else cuda:0 or cpu)."""
     import torch
 
-    if dist.active or torch.cuda.is_available():
-        from accelerate import PartialState
-
-        return PartialState().device
-    return torch.device("cpu")
+    if _cpu_only():
+        return torch.device("cpu")
+    return _state().device
