@@ -142,3 +142,17 @@ def test_tables_and_reports_render_for_every_suite(mmeb_results, capsys):
     assert "published" in text and "this run" in text and "MoCa" in text
     md = markdown_report(res)
     assert "| **this run** |" in md and "VLM2Vec (LLaVA-1.6)" in md
+
+
+def test_cli_eval_runs_a_benchmark_suite(tiny_model_dir, vidore_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    import vlmbed.cli.core  # noqa: F401  (registers `eval`)
+    from vlmbed.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "--model", str(tiny_model_dir), "--suite", "vidore", "--data-dir",
+                                   str(vidore_dir), "--tasks", "TAT-DQA", "--out", str(tmp_path), "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    assert "TAT-DQA" in res.output and "ndcg@5" in res.output
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["suite"] == "vidore" and (tmp_path / "runs" / "TAT-DQA.trec").exists()

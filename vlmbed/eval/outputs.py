@@ -49,13 +49,14 @@ def assemble(spec: SuiteSpec, task_list, per_task: dict, options: dict, fingerpr
     return results
 
 
-def write_outputs(out: Path, results: dict, run: dict, task_list, details: dict, spec: SuiteSpec) -> None:
+def write_outputs(out: Path, results: dict, run: dict, task_list, details: dict, spec: SuiteSpec,
+                  run_depth: int = 100) -> None:
     from vlmbed.eval.report import write_html
     from vlmbed.eval.table import markdown_report
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
     (out / "results.md").write_text(markdown_report(results) + "\n")
     runs = out / "runs"
     runs.mkdir(exist_ok=True)
@@ -66,7 +67,7 @@ def write_outputs(out: Path, results: dict, run: dict, task_list, details: dict,
         if isinstance(task, EvalTask):
             write_local_run(runs, task, detail)
         else:
-            write_retrieval_run(runs, task, detail)
+            write_retrieval_run(runs, task, detail, depth=run_depth)
     write_html(out / "report.html", results)
 
 
@@ -77,9 +78,10 @@ def trec_id(s: str) -> str:
     return "".join(f"%{ord(c):02X}" if (c.isspace() or c == "%") else c for c in s)
 
 
-def write_retrieval_run(runs: Path, task, detail: dict, tag: str = "vlmbed") -> None:
-    """``<task>.trec`` (qid Q0 docid rank score tag, best first) and ``<task>.qrels`` (qid 0 docid grade)."""
-    ids, idx, vals = task.corpus.ids, detail["idx"], detail["vals"]
+def write_retrieval_run(runs: Path, task, detail: dict, depth: int = 100, tag: str = "vlmbed") -> None:
+    """``<task>.trec`` (qid Q0 docid rank score tag, best first, ``depth`` per query) and ``<task>.qrels``
+    (qid 0 docid grade)."""
+    ids, idx, vals = task.corpus.ids, detail["idx"][:, :depth], detail["vals"][:, :depth]
     with open(runs / f"{task.name}.trec", "w") as fh:
         for i, qid in enumerate(task.query_ids):
             q = trec_id(qid)

@@ -93,9 +93,11 @@ def evaluate(
         run = {"seconds": round(time.time() - started, 3), "processes": dist.world,
                "encoding": encoder.stats.as_dict(), "cache_dir": str(cache_dir) if cache_dir else None}
         if out_dir is not None:
-            write_outputs(Path(out_dir), results, run, task_list, details, spec)
+            write_outputs(Path(out_dir), results, run, task_list, details, spec, run_depth)
         results = {**results, "run": run}
-    return dist.broadcast(results)
+    results = dist.broadcast(results)
+    # the same results on every process; only the main process should print or write beside them
+    return {**results, "run": {**results["run"], "is_main_process": dist.is_main}}
 
 
 def _embedder(model, dist):
