@@ -1,7 +1,7 @@
 """`vlmbed` command line: parsing only; every command calls a library function.
 
 One module per command group registers its commands on :data:`app`:
-``core`` (quickstart, train, eval, encode), ``use`` (serve, index, mine).
+``core`` (quickstart, train, eval, encode), ``use`` (serve, index, mine), ``bench`` (data check).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ app = typer.Typer(
 def _register() -> None:
     from importlib import import_module
 
-    for name in ("core", "use"):
+    for name in ("core", "use", "bench"):
         try:
             import_module(f"vlmbed.cli.{name}")
         except ModuleNotFoundError as exc:  # a command group not present in this install

@@ -60,19 +60,32 @@ def eval_cmd(
     out: Path = typer.Option(None, "--out", help="Folder for results.json (default: MODEL/eval-SUITE)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     max_queries: int = typer.Option(None, "--max-queries", help="At most this many queries per task."),
+    option: list[str] = typer.Option(
+        None, "--option", help="Suite option key=value (pool=global, prompt=moca, ties=trec, ...); repeatable."
+    ),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="Embedding cache folder (default: OUT/embeddings)."),
 ) -> None:
-    """Evaluate a model on a benchmark suite and print the score table."""
+    """Evaluate a model on a benchmark suite (digits, mmeb, vidore, mbeir) and print the score table.
+
+    Multi-GPU / multi-node: accelerate launch --multi_gpu --num_processes N $(which vlmbed) eval ...
+    """
     from vlmbed.eval import evaluate
     from vlmbed.eval.table import print_table
 
     out = out or model / f"eval-{suite}"
+    bad = [o for o in option or [] if "=" not in o]
+    if bad:
+        _fail(ValueError(f"--option {bad[0]!r} is not key=value"))
+    opts = dict(o.split("=", 1) for o in (option or []))
     try:
         results = evaluate(model, suite=suite, tasks=tasks or None, out_dir=out, max_queries=max_queries,
-                           batch_size=batch_size, show_progress=True, data_dir=data_dir)
+                           batch_size=batch_size, show_progress=True, data_dir=data_dir, options=opts,
+                           cache_dir=cache_dir)
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
-    print_table(results, title=f"{suite}: {model}")
-    typer.echo(f"results -> {out / 'results.json'}")
+    if results.get("run", {}).get("is_main_process", True):
+        print_table(results, title=f"{suite}: {model}")
+        typer.echo(f"results -> {out / 'results.json'}")
 
 
 @app.command()
