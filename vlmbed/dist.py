@@ -21,6 +21,21 @@ import torch
 import torch.distributed as tdist
 
 
+def use_cpu() -> bool:
+    """No CUDA or MPS device: several processes (torchrun / accelerate launch) then run on CPU with gloo."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+
+
+def partial_state():
+    """accelerate's process state, created the same way everywhere (CPU processes included)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=use_cpu())
+
+
 def is_distributed() -> bool:
     return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
 

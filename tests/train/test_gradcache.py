@@ -9,8 +9,8 @@ from vlmbed.config import InfoNCEConfig
 from vlmbed.objectives import infonce
 from vlmbed.train.chunks import split_inputs
 from vlmbed.train.gradcache import GradCache, full_batch_step
-from vlmbed.train.losses import CONTRASTIVE_ROLES, contrastive_loss
 from vlmbed.train.loop import encoder_fn
+from vlmbed.train.losses import CONTRASTIVE_ROLES, contrastive_loss
 
 from .conftest import digits_examples, train_batch
 

@@ -81,7 +81,11 @@ def make_accelerator(cfg) -> Accelerator:
     # Unused parameters are normal (a text-only chunk never touches the vision tower); buffers are
     # constants (rotary tables), and broadcasting them would add a collective to every forward.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
-    return Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision), kwargs_handlers=[ddp])
+    # With no accelerator device, several processes (torchrun / accelerate launch) run as MULTI_CPU on gloo.
+    # The plan already counts steps per process, so the scheduler steps once per step (accelerate would
+    # otherwise step it once per process, assuming a loader it sharded itself).
+    return Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision), kwargs_handlers=[ddp],
+                       cpu=dist.use_cpu(), step_scheduler_with_optimizer=False)
 
 
 def encoder_fn(model):
@@ -127,6 +131,8 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # the loader is ours (the plan shards it), so DeepSpeed is told the micro-batch size directly
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = stage.data.batch_size
+    # FSDP wraps the backbone's own layer classes (decoder layers, vision blocks)
+    embedder._no_split_modules = list(getattr(embedder.model, "_no_split_modules", None) or [])
     model, optimizer, scheduler = accelerator.prepare(embedder, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
     engine = GradCache(cfg.gradcache_chunk, getattr(unwrapped.model.config, "image_token_id", None))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmbed.config import RecipeConfig, StageConfig
+from vlmbed.dist import partial_state
 from vlmbed.models.build import build_embedder, resolve_model_path
 from vlmbed.train.loop import StageResult, train_stage
 
@@ -21,8 +22,6 @@ class StageRun:
 
 
 def run_recipe(recipe: RecipeConfig, only_stage: str | None = None) -> list[StageRun]:
-    from accelerate import PartialState
-
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs: list[StageRun] = []
@@ -33,7 +32,7 @@ def run_recipe(recipe: RecipeConfig, only_stage: str | None = None) -> list[Stag
             done = stage_dir / "model"
             previous = done if (done / "config.json").exists() else previous
             continue
-        with PartialState().main_process_first():  # one process builds the tiny model; the others wait
+        with partial_state().main_process_first():  # one process builds the tiny model; the others wait
             model_path = resolve_model_path(stage.model, out, previous)
         runs.append(run_stage(stage, stage_dir, model_path))
         previous = runs[-1].result.model_dir
@@ -41,9 +40,7 @@ def run_recipe(recipe: RecipeConfig, only_stage: str | None = None) -> list[Stag
 
 
 def run_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageRun:
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = partial_state()
     before = None
     if stage.eval.suite != "none" and stage.eval.before and state.is_main_process:
         before = _evaluate(stage, model_path)
