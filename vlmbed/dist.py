@@ -17,14 +17,14 @@ counts): gathers pad to the largest share and cut the padding off again.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as tdist
 
 
 def use_cpu() -> bool:
     """No CUDA or MPS device: several processes (torchrun / accelerate launch) then run on CPU with gloo."""
-    import torch
-
     mps = getattr(torch.backends, "mps", None)
     return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
 
@@ -94,7 +94,9 @@ def all_gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> tor
     device = _device_for(x)
     sizes = sizes if sizes is not None else _sizes(x.shape[0], device)
     padded = _pad_rows(x.to(device), max(sizes)).contiguous()  # (max_n, ...)
-    parts = all_gather(padded)  # W x (max_n, ...), differentiable
+    with warnings.catch_warnings():  # deprecated in favour of a private API; kept while it works
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = all_gather(padded)  # W x (max_n, ...), differentiable
     return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)], dim=0).to(x.device)
 
 

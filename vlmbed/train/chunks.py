@@ -110,3 +110,34 @@ def _trim(inputs: dict) -> dict:
     t = mask.shape[1]
     return {k: (v[:, :length] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == t and k != "positions" else v)
             for k, v in inputs.items()}
+
+
+def has_media(inputs: dict | None) -> bool:
+    return inputs is not None and any(inputs.get(g) is not None and inputs[g].shape[0] > 0 for g in VISION_KEYS.values())
+
+
+def concat_rows(a: dict, b: dict) -> dict:
+    """Rows of ``a`` then rows of ``b`` in one input dict (right padding to the longer length; images in order)."""
+    t = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+    na, nb = num_rows(a), num_rows(b)
+    out = {}
+    for key in set(a) | set(b):
+        if key in VISION_KEYS or key in VISION_KEYS.values():
+            parts = [x[key] for x in (a, b) if x.get(key) is not None]
+            if parts:
+                out[key] = torch.cat(parts, dim=0)
+        elif key == "positions":
+            k = max(x[key].shape[1] if x.get(key) is not None else 0 for x in (a, b))
+            out[key] = torch.cat([_pad_cols(x[key], k, -1) if x.get(key) is not None
+                                  else torch.full((n, k), -1, dtype=torch.long) for x, n in ((a, na), (b, nb))])
+        elif torch.is_tensor(a.get(key)) and torch.is_tensor(b.get(key)) and a[key].dim() == 2:
+            out[key] = torch.cat([_pad_cols(a[key], t, 0), _pad_cols(b[key].to(a[key].device), t, 0)], dim=0)
+        else:
+            out[key] = a.get(key, b.get(key))
+    return out
+
+
+def _pad_cols(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    if x.shape[1] >= width:
+        return x
+    return torch.cat([x, x.new_full((x.shape[0], width - x.shape[1]), value)], dim=1)

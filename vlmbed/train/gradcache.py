@@ -15,10 +15,17 @@ gradient-accumulation steps. GradCache (Gao et al., 2021) splits the *encoder* w
 Peak activation memory is that of one chunk; the price is a second forward pass.
 
 Works for one embedding per sequence (B, d) and several (B, k, d): the cache holds whatever the
-encoder returns. Distributed engines see ordinary forward/backward calls: the caller's
-``backward(surrogate, last)`` wraps every chunk but the last in ``accelerator.no_sync`` (DDP, FSDP)
-and tells DeepSpeed where the accumulation boundary is, so gradients are reduced once per step
-and ZeRO-2/3 and FSDP shard as usual.
+encoder returns. Distributed engines see ordinary forward/backward calls: the caller's ``sync``
+context wraps every chunk but the last in ``accelerator.no_sync`` (DDP, FSDP) and tells DeepSpeed
+where the accumulation boundary is, so gradients are reduced once per step.
+
+Sharded engines (FSDP, ZeRO-3) gather a module's parameters whenever it runs, forward and
+backward, so every process must run the same modules the same number of times. Two things in a
+contrastive batch break that and are aligned here: processes may hold different numbers of rows
+(so the number of chunks per role is agreed on, with one-row stand-ins where a process runs out),
+and a chunk may hold images on one process and only text on another (the vision tower would run
+on one side only): such chunks get one stand-in image row appended, whose embedding is dropped
+and whose zero-weighted output still carries (zero) gradients through the vision tower.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from vlmbed import dist
-from vlmbed.train.chunks import first_row, num_rows, split_by_sizes
+from vlmbed.train.chunks import concat_rows, first_row, has_media, num_rows, split_by_sizes
 
 Encode = Callable[[str, dict], torch.Tensor]  # (role, inputs) -> embeddings (n, d) or (n, k, d)
 LossFn = Callable[[dict], dict]  # {role: embeddings} -> {"loss": scalar, part: scalar, ...}
@@ -67,7 +74,13 @@ class StepOutput:
 @dataclass
 class Chunk:
     inputs: dict
-    real: bool = True  # False: a one-row stand-in so that every process runs the same forwards
+    rows: int  # real rows (0: a stand-in that only keeps the processes' forwards aligned)
+    extra: int = 0  # stand-in rows appended after the real ones
+
+    def split(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(real rows' embeddings, the stand-ins' output scaled to zero, or None)."""
+        idle = emb[self.rows :].sum() * 0.0 if emb.shape[0] > self.rows else None
+        return emb[: self.rows], idle
 
 
 SyncContext = Callable[[bool], object]  # is_last -> context manager around a chunk's forward + backward
@@ -77,34 +90,47 @@ def _no_context(_last: bool):
     return nullcontext()
 
 
+def plan_chunks(inputs_by_role: dict, chunk_size: int | None, image_stand_in: dict | None = None,
+                image_token_id: int | None = None) -> dict[str, list[Chunk]]:
+    """Chunks per role, with the same count (and the same vision-tower use) on every process.
+
+    A role is cut into ``ceil(max rows over processes / chunk_size)`` near-equal chunks (one chunk
+    when ``chunk_size`` is None). ``image_stand_in``: processor inputs of one small image, appended to
+    a chunk that has no image where another process's chunk has one.
+    """
+    roles = list(inputs_by_role)
+    rows = [num_rows(inputs_by_role[r]) if inputs_by_role[r] is not None else 0 for r in roles]
+    most = dist.max_across(rows)
+    spare = next((v for v in inputs_by_role.values() if v is not None and num_rows(v) > 0), None)
+    out: dict[str, list[Chunk]] = {}
+    for role, n, top in zip(roles, rows, most, strict=True):
+        if top == 0:
+            continue
+        k = math.ceil(top / chunk_size) if chunk_size else 1
+        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        real = split_by_sizes(inputs_by_role[role], [s for s in sizes if s], image_token_id) if n else []
+        out[role] = [Chunk(c, num_rows(c)) for c in real]
+        out[role] += [Chunk(first_row(inputs_by_role[role] if n else spare, image_token_id), 0)
+                      for s in sizes if not s]
+    if image_stand_in is not None and dist.is_distributed():
+        flat = [c for role in out for c in out[role]]
+        anywhere = dist.max_across([int(has_media(c.inputs)) for c in flat])
+        for c, needed in zip(flat, anywhere, strict=True):
+            if needed and not has_media(c.inputs):
+                c.inputs, c.extra = concat_rows(c.inputs, image_stand_in), num_rows(image_stand_in)
+    return out
+
+
 @dataclass
 class GradCache:
-    """Chunked encoding with cached representation gradients. ``chunk_size`` rows per forward.
-
-    Every process runs the same number of forwards per role (sharded engines, FSDP and ZeRO-3,
-    gather parameters in every forward, so the counts must match): a role is cut into
-    ``ceil(max rows over processes / chunk_size)`` near-equal chunks, and a process with fewer rows
-    than chunks (or none) runs one-row stand-ins whose gradient is zero.
-    """
+    """Chunked encoding with cached representation gradients. ``chunk_size`` rows per forward."""
 
     chunk_size: int | None = None
     image_token_id: int | None = None
+    image_stand_in: dict | None = None
 
     def chunks(self, inputs_by_role: dict) -> dict[str, list[Chunk]]:
-        roles = list(inputs_by_role)
-        rows = [num_rows(inputs_by_role[r]) if inputs_by_role[r] is not None else 0 for r in roles]
-        most = dist.max_across(rows)
-        spare = next((v for v in inputs_by_role.values() if v is not None and num_rows(v) > 0), None)
-        out = {}
-        for role, n, top in zip(roles, rows, most, strict=True):
-            k = 0 if top == 0 else (math.ceil(top / self.chunk_size) if self.chunk_size else 1)
-            sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
-            real = split_by_sizes(inputs_by_role[role], [s for s in sizes if s], self.image_token_id) if n else []
-            stand_in = inputs_by_role[role] if n else spare
-            fill = [Chunk(first_row(stand_in, self.image_token_id), real=False) for s in sizes if not s]
-            if k:
-                out[role] = [Chunk(c) for c in real] + fill
-        return out
+        return plan_chunks(inputs_by_role, self.chunk_size, self.image_stand_in, self.image_token_id)
 
     def step(self, encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backward: Backward,
              sync: SyncContext = _no_context) -> StepOutput:
@@ -129,8 +155,8 @@ class GradCache:
             for chunk in role_chunks:
                 role_states.append(RandState())
                 with torch.no_grad():
-                    emb = encode(role, chunk.inputs)
-                if chunk.real:
+                    emb, _ = chunk.split(encode(role, chunk.inputs))
+                if chunk.rows:
                     outs.append(emb)
             if outs:
                 reps[role] = torch.cat(outs, dim=0).detach().requires_grad_(True)  # (n, d) or (n, k, d)
@@ -141,19 +167,18 @@ class GradCache:
                sync: SyncContext = _no_context) -> None:
         """Stage 3: re-embed each chunk with a graph and backpropagate its cached gradient."""
         order = [(role, i) for role in chunks for i in range(len(chunks[role]))]
-        starts = {role: 0 for role in chunks}
+        starts = dict.fromkeys(chunks, 0)
         for n, (role, i) in enumerate(order):
             chunk, last = chunks[role][i], n == len(order) - 1
             with sync(last):
                 with states[role][i].restored():
-                    emb = encode(role, chunk.inputs)  # (c, d) or (c, k, d)
-                if chunk.real:
-                    grad = cached[role][starts[role] : starts[role] + emb.shape[0]].to(emb.dtype)
-                    starts[role] += emb.shape[0]
+                    emb, idle = chunk.split(encode(role, chunk.inputs))  # (c, d) or (c, k, d)
+                surrogate = emb.sum() * 0.0
+                if chunk.rows:
+                    grad = cached[role][starts[role] : starts[role] + chunk.rows].to(emb.dtype)
+                    starts[role] += chunk.rows
                     surrogate = (emb * grad).sum()  # d surrogate / d theta = (d emb / d theta)^T grad
-                else:
-                    surrogate = emb.sum() * 0.0  # a stand-in: takes part in the collectives, adds nothing
-                backward(surrogate, last)
+                backward(surrogate if idle is None else surrogate + idle, last)
 
 
 def _finite_everywhere(loss: torch.Tensor) -> bool:
@@ -162,27 +187,33 @@ def _finite_everywhere(loss: torch.Tensor) -> bool:
 
 
 def full_batch_step(encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backward: Backward,
-                    sync: SyncContext = _no_context) -> StepOutput:
-    """The same contract without GradCache: every role embedded with a graph, one backward.
+                    sync: SyncContext = _no_context, image_stand_in: dict | None = None) -> StepOutput:
+    """The same contract without GradCache: one forward per role with a graph, one backward.
 
-    Roles that some process lacks (no hard negatives in its share) are run on a one-row stand-in
-    with zero weight, so every process runs the same forwards.
+    Forwards are aligned across processes as in GradCache (one chunk per role).
     """
-    roles = list(inputs_by_role)
-    rows = [num_rows(inputs_by_role[r]) if inputs_by_role[r] is not None else 0 for r in roles]
-    most = dist.max_across(rows)
-    spare = next((v for v in inputs_by_role.values() if v is not None and num_rows(v) > 0), None)
+    chunks = plan_chunks(inputs_by_role, None, image_stand_in)
     with sync(True):
         reps, idle = {}, None
-        for role, n, top in zip(roles, rows, most, strict=True):
-            if n:
-                reps[role] = encode(role, inputs_by_role[role])
-            elif top:
-                stand_in = encode(role, first_row(spare))
-                idle = stand_in.sum() * 0.0 if idle is None else idle + stand_in.sum() * 0.0
+        for role, (chunk,) in chunks.items():
+            emb, extra = chunk.split(encode(role, chunk.inputs))
+            if chunk.rows:
+                reps[role] = emb
+            zero = extra if chunk.rows else emb.sum() * 0.0
+            if zero is not None:
+                idle = zero if idle is None else idle + zero
         parts = loss_fn(reps)
         loss = parts["loss"] if idle is None else parts["loss"] + idle
         if not _finite_everywhere(loss):
             return StepOutput({k: v.detach() for k, v in parts.items()}, finite=False)
         backward(loss, True)
     return StepOutput({k: v.detach() for k, v in parts.items()}, finite=True)
+
+
+def image_stand_in(encoder) -> dict:
+    """Processor inputs of one small blank image (the stand-in row that keeps the vision tower aligned)."""
+    from PIL import Image
+
+    from vlmbed.types import Item
+
+    return encoder([Item(image=Image.new("RGB", (56, 56), "white"), source="vlmbed stand-in")], "document")

@@ -33,7 +33,7 @@ from vlmbed.data.sources import load_sources
 from vlmbed.models.build import build_embedder
 from vlmbed.train.checkpoint import latest_checkpoint, read_state, save_checkpoint
 from vlmbed.train.data import build_loader, build_plan
-from vlmbed.train.gradcache import GradCache, full_batch_step
+from vlmbed.train.gradcache import GradCache, full_batch_step, image_stand_in
 from vlmbed.train.losses import CONTRASTIVE_ROLES, contrastive_loss, global_mean_parts
 from vlmbed.train.optim import build_optimizer, build_scheduler
 
@@ -135,7 +135,13 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
     embedder._no_split_modules = list(getattr(embedder.model, "_no_split_modules", None) or [])
     model, optimizer, scheduler = accelerator.prepare(embedder, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
-    engine = GradCache(cfg.gradcache_chunk, getattr(unwrapped.model.config, "image_token_id", None))
+    accelerator.print(f"training {stage.name}: {accelerator.distributed_type.value} x {accelerator.num_processes}, "
+                      f"{steps_per_epoch} steps/epoch, {total_steps} steps, GradCache chunk {cfg.gradcache_chunk}")
+    # sharded engines gather a module's weights on every call: a chunk without images runs a stand-in image
+    # wherever another process's chunk has one, so the vision tower runs on every process
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    stand_in = image_stand_in(unwrapped.encoder) if sharded else None
+    engine = GradCache(cfg.gradcache_chunk, getattr(unwrapped.model.config, "image_token_id", None), stand_in)
 
     # ---- resume
     progress = Progress(gradcache_chunk=cfg.gradcache_chunk)
@@ -180,7 +186,7 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
         if cfg.gradcache_chunk:
             out = engine.step(encode, roles, loss_fn, backward, sync)
         else:
-            out = full_batch_step(encode, roles, loss_fn, backward, sync)
+            out = full_batch_step(encode, roles, loss_fn, backward, sync, image_stand_in=stand_in)
         progress.advance(batch["position"])
         finite = out.finite and _finite_grad_norm(accelerator, model, cfg.grad_clip)
         if not finite:
