@@ -1,0 +1,121 @@
+"""Batch plans: fixed and token-budget batches, task-homogeneous, weighted mixtures, unique positives,
+resumable positions, cached costs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vlmbed.data.batching import (
+    BatchingSpec,
+    BatchPlan,
+    CostModel,
+    PlanSampler,
+    example_costs,
+    padded_cost,
+    padding_waste,
+)
+
+
+def _data(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    tasks = [f"t{i % 3}" for i in range(n)]
+    keys = [f"k{i % 250}" for i in range(n)]
+    q = rng.integers(5, 400, n)
+    costs = np.stack([q, q // 2 + rng.integers(5, 50, n), rng.integers(5, 300, n), np.ones(n)], 1).astype(float)
+    return tasks, keys, costs
+
+
+def _flat(plan, epoch=0):
+    return [i for gb in plan.epoch(epoch) for part in gb for i in part]
+
+
+def test_fixed_plan_is_a_function_of_seed_and_epoch_and_uses_each_example_once():
+    tasks, keys, costs = _data()
+    a = BatchPlan(600, BatchingSpec(batch_size=8), world=2, seed=3, tasks=tasks)
+    b = BatchPlan(600, BatchingSpec(batch_size=8), world=2, seed=3, tasks=tasks)
+    assert a.epoch(0) == b.epoch(0) and a.epoch(1) != a.epoch(0)
+    used = _flat(a)
+    assert len(used) == len(set(used)) == 592  # 37 global batches of 2 x 8; the rest dropped
+    assert all(len(part) == 8 for gb in a.epoch(0) for part in gb)
+
+
+def test_processes_take_their_share_of_the_same_global_batches():
+    tasks, _, _ = _data()
+    plans = [BatchPlan(600, BatchingSpec(batch_size=4), world=3, rank=r, seed=1, tasks=tasks) for r in range(3)]
+    streams = [list(zip(range(5), iter(PlanSampler(p)), strict=False)) for p in plans]
+    for step in range(5):
+        parts = [s[step][1] for s in streams]
+        idx = [[i for _, _, i in part] for part in parts]
+        assert idx == plans[0].epoch(0)[step]  # rank r gets part r of global batch `step`
+
+
+def test_homogeneous_batches_hold_one_task_and_unique_positives():
+    tasks, keys, _ = _data()
+    plan = BatchPlan(600, BatchingSpec(batch_size=8, homogeneous=True, unique_positives=True), world=2, seed=0,
+                     tasks=tasks, keys=keys)
+    for gb in plan.epoch(0):
+        members = [i for part in gb for i in part]
+        assert len({tasks[i] for i in members}) == 1
+        assert len({keys[i] for i in members}) == len(members)
+
+
+def test_unique_positives_that_cannot_fill_a_batch_fail_clearly():
+    with pytest.raises(ValueError, match="unique positives"):
+        BatchPlan(40, BatchingSpec(batch_size=16, unique_positives=True), keys=[f"k{i % 5}" for i in range(40)]).epoch(0)
+
+
+def test_task_weights_set_the_mixture():
+    tasks, _, _ = _data(n=900)
+    plan = BatchPlan(900, BatchingSpec(batch_size=10, homogeneous=True, task_weights={"t0": 8, "t1": 1, "t2": 1}),
+                     seed=0, tasks=tasks)
+    share = np.mean([tasks[gb[0][0]] == "t0" for gb in plan.epoch(0)])
+    assert 0.7 < share < 0.9
+    mixed = BatchPlan(900, BatchingSpec(batch_size=10, task_weights={"t0": 1, "t2": 1}), seed=0, tasks=tasks)
+    assert {tasks[i] for i in _flat(mixed)} == {"t0", "t2"}
+    with pytest.raises(ValueError, match="unknown task"):
+        BatchPlan(900, BatchingSpec(task_weights={"nope": 1}), tasks=tasks)
+
+
+def test_token_budget_batches_stay_under_the_budget_and_waste_less():
+    tasks, _, costs = _data(n=2000)
+    budget = BatchPlan(2000, BatchingSpec(mode="token_budget", max_tokens=6000), world=2, seed=0, tasks=tasks,
+                       costs=costs)
+    fixed = BatchPlan(2000, BatchingSpec(batch_size=8), world=2, seed=0, tasks=tasks)
+    parts = [part for gb in budget.epoch(0) for part in gb]
+    assert all(padded_cost(costs[p]) <= 6000 for p in parts)
+    assert len(_flat(budget)) > 0.95 * 2000
+    fixed_parts = [part for gb in fixed.epoch(0) for part in gb]
+    assert padding_waste(parts, costs) < 0.5 * padding_waste(fixed_parts, costs)
+
+
+def test_sampler_starts_at_any_position_without_replaying(tmp_path):
+    tasks, _, _ = _data()
+    plan = BatchPlan(600, BatchingSpec(batch_size=8), seed=0, tasks=tasks)
+    full = [b for _, b in zip(range(100), iter(PlanSampler(plan)), strict=False)]  # crosses into epoch 1
+    resumed = PlanSampler(plan)
+    resumed.set_start(1, 2)
+    start = next(i for i, b in enumerate(full) if b[0][:2] == (1, 2))
+    assert [b for _, b in zip(range(10), iter(resumed), strict=False)] == full[start : start + 10]
+
+
+def test_costs_from_the_processor_are_cached(embedder, tmp_path, monkeypatch):
+    from vlmbed.data.digits import build_digits
+
+    exs = build_digits("train", tasks=["digits_t2i", "digits_cls"], max_per_task=5)
+    exs = exs["digits_t2i"] + exs["digits_cls"]
+    model = CostModel(embedder.encoder, kind="tokens")
+    costs = example_costs(exs, model, num_negatives=2, cache_dir=tmp_path)
+    assert costs.shape == (10, 4) and (costs[:, 3] == 2).all()
+    batch = embedder.encoder([exs[0].positive], "document")  # an image: its real sequence length
+    assert costs[0, 1] == batch["input_ids"].shape[1]
+    assert costs[0, 0] == embedder.encoder([exs[0].query], "query")["input_ids"].shape[1]
+    assert len(list(tmp_path.glob("costs-*.npy"))) == 1
+    moca = example_costs(exs, CostModel(embedder.encoder, kind="moca"), 2)
+    assert (moca[:5, 1] > costs[:5, 1]).all()  # images weigh 4x in MoCa's cost
+
+    def measured(*args):
+        raise AssertionError("costs measured again instead of read from the cache")
+
+    monkeypatch.setattr(CostModel, "__call__", measured)
+    assert (example_costs(exs, CostModel(embedder.encoder, kind="tokens"), 2, tmp_path) == costs).all()

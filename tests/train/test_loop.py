@@ -1,0 +1,90 @@
+"""The loop in one process: non-finite losses skipped and counted, a clear stop after too many in a row,
+token-budget task-homogeneous batches, checkpoints kept and atomic, config keys typed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vlmbed.config import ConfigError, build_recipe
+from vlmbed.objectives import OBJECTIVES
+from vlmbed.train.checkpoint import list_checkpoints, read_state
+from vlmbed.train.loop import NonFiniteLossError
+from vlmbed.train.stages import train
+
+
+def _recipe(model_dir, out, **train_cfg):
+    data = train_cfg.pop("data", {})
+    return build_recipe({"name": "t", "output_dir": str(out), "stages": [{
+        "name": "cl",
+        "model": {"path": str(model_dir), "attention": "bidirectional", "pooling": "mean", "append_eos": False,
+                  "dtype": "float32"},
+        "data": {"sources": [{"format": "digits", "tasks": ["digits_t2i", "digits_i2t"], "max_examples": 80}],
+                 "batch_size": 8, "num_negatives": 1, **data},
+        "train": {"lr": 1e-3, "max_steps": 5, "progress": False, "log_every": 1, **train_cfg},
+        "eval": {"suite": "none"},
+    }]})
+
+
+def _nan_on(calls: set[int]):
+    real = OBJECTIVES["infonce"]
+    seen = {"n": 0}
+
+    def objective(*args, **kwargs):
+        seen["n"] += 1
+        out = real(*args, **kwargs)
+        return {k: v * float("nan") for k, v in out.items()} if seen["n"] in calls else out
+
+    return objective
+
+
+def test_nonfinite_losses_are_skipped_and_counted(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(OBJECTIVES, "infonce", _nan_on({2, 3}))
+    (run,) = train(_recipe(tiny_model_dir, tmp_path, max_nonfinite=3, gradcache_chunk=4))
+    assert run.result.steps == 5 and run.result.nonfinite_steps == 2
+    rows = [json.loads(line) for line in (run.stage_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[-1]["nonfinite_steps"] == 2 and all(r["loss"] == r["loss"] for r in rows)
+    assert read_state(list_checkpoints(run.stage_dir)[-1])["batches_seen"] == 7  # two batches skipped
+
+
+def test_too_many_nonfinite_losses_in_a_row_stop_with_a_clear_message(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(OBJECTIVES, "infonce", _nan_on(set(range(2, 100))))
+    with pytest.raises(NonFiniteLossError, match=r"3 non-finite losses/gradients in a row .*train\.max_nonfinite=3"):
+        train(_recipe(tiny_model_dir, tmp_path, max_nonfinite=3))
+
+
+def test_token_budget_homogeneous_training_runs_and_caches_costs(tiny_model_dir, tmp_path):
+    data = {"batching": {"mode": "token_budget", "max_tokens": 400, "homogeneous": True, "cost": "tokens"}}
+    (run,) = train(_recipe(tiny_model_dir, tmp_path / "out", max_steps=3, save_every=1, keep_checkpoints=2,
+                           data=data))
+    assert run.result.steps == 3 and run.result.final_loss == run.result.final_loss
+    assert len(list((tmp_path / "out" / "cache").glob("costs-*.npy"))) == 1
+    ckpts = list_checkpoints(run.stage_dir)
+    assert [c.name for c in ckpts] == ["step-00000002", "step-00000003"]  # the last K kept
+    assert not list((run.stage_dir / "checkpoints").glob(".tmp-*"))  # written to a temporary folder, renamed
+
+
+def test_new_config_sections_are_typed_and_unknown_keys_named():
+    cfg = build_recipe({"stages": [{"name": "a"}]}, [
+        "train.gradcache_chunk=16", "train.max_nonfinite=2", "train.keep_checkpoints=3",
+        "data.batching.mode=token_budget", "data.batching.max_tokens=12800", "model.lora.enabled=true",
+        "model.lora.target=language_and_vision", "data.batching.task_weights={a: 2, b: 1}"])
+    stage = cfg.stages[0]
+    assert stage.train.gradcache_chunk == 16 and stage.data.batching.task_weights == {"a": 2.0, "b": 1.0}
+    assert stage.model.lora.enabled and stage.model.lora.target == "language_and_vision"
+    with pytest.raises(ConfigError, match=r"unknown key `stages\.#0\.data\.batching\.max_token`"):
+        build_recipe({"stages": [{"name": "a"}]}, ["data.batching.max_token=5"])
+    with pytest.raises(ConfigError, match=r"`stages\.#0\.train\.gradcache_chunk`"):
+        build_recipe({"stages": [{"name": "a"}]}, ["train.gradcache_chunk=0"])
+    with pytest.raises(ConfigError, match=r"`stages\.#0\.model\.lora\.target`"):
+        build_recipe({"stages": [{"name": "a"}]}, ["model.lora.target=everything"])
+
+
+def test_scheduler_steps_once_per_step(tiny_model_dir, tmp_path):
+    (run,) = train(_recipe(tiny_model_dir, tmp_path, max_steps=4, warmup_ratio=0.5))
+    rows = [json.loads(line) for line in (run.stage_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [round(r["lr"] / 1e-3, 4) for r in rows] == [1.0, 1.0, 0.5, 0.0]
+    assert torch.isfinite(torch.tensor([r["loss"] for r in rows])).all()
