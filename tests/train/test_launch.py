@@ -4,7 +4,6 @@ negatives), and its losses equal one process on the same global batches."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -34,13 +33,15 @@ def test_accelerate_launch_two_cpu_processes_trains_end_to_end(tiny_model_dir, t
         assert abs(two[step] - one[step]) < 1e-4, (step, two, one)
 
 
-def test_presets_are_shipped_and_parse():
-    import yaml
+def test_presets_are_shipped_and_parse_as_accelerate_configs():
+    from accelerate.commands.config.config_args import ClusterConfig
 
-    folder = Path(__import__("vlmbed").__file__).parent / "recipes" / "accelerate"
-    names = sorted(p.stem for p in folder.glob("*.yaml"))
-    assert names == ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp", "single_gpu"]
-    for name in names:
-        cfg = yaml.safe_load((folder / f"{name}.yaml").read_text())
-        assert cfg["distributed_type"] in ("NO", "MULTI_GPU", "FSDP", "DEEPSPEED")
-        assert cfg["mixed_precision"] == "bf16"
+    from vlmbed.train.presets import preset_names, preset_path
+
+    assert preset_names() == ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp", "single_gpu"]
+    for name in preset_names():
+        cfg = ClusterConfig.from_yaml_file(str(preset_path(name)))  # accelerate's own reader
+        assert cfg.mixed_precision == "bf16"
+        assert str(cfg.distributed_type).split(".")[-1] in ("NO", "MULTI_GPU", "FSDP", "DEEPSPEED")
+    assert ClusterConfig.from_yaml_file(str(preset_path("deepspeed_zero3"))).deepspeed_config["zero_stage"] == 3
+    assert ClusterConfig.from_yaml_file(str(preset_path("fsdp"))).fsdp_config["fsdp_version"] == 2
