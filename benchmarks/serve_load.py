@@ -11,7 +11,7 @@ little of the CPU the server needs.
 Prints one JSON line: ``rps_batched``, ``rps_sequential``, ``speedup``, ``p50_ms``/``p99_ms`` (batched
 latency), the sequential latencies and the mean model batch size the server reports.
 
-    python benchmarks/serve_load.py [--clients 32] [--seconds 8] [--threads 1]
+    python benchmarks/serve_load.py [--clients 32] [--seconds 4] [--rounds 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -187,7 +187,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per phase")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each phase")
     parser.add_argument("--rounds", type=int, default=3, help="batched/sequential phase pairs")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in the server (0: torch default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads in the server (0: the server's default, every core but one)")
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: build the tiny model)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
