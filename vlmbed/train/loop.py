@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -31,7 +32,13 @@ from vlmbed import dist
 from vlmbed.config import StageConfig, dump_yaml
 from vlmbed.data.sources import load_sources
 from vlmbed.models.build import build_embedder
-from vlmbed.train.checkpoint import latest_checkpoint, read_state, save_checkpoint
+from vlmbed.train.checkpoint import (
+    checkpoint_dir,
+    latest_checkpoint,
+    list_checkpoints,
+    read_state,
+    save_checkpoint,
+)
 from vlmbed.train.data import build_loader, build_plan
 from vlmbed.train.gradcache import GradCache, full_batch_step, image_stand_in
 from vlmbed.train.losses import CONTRASTIVE_ROLES, contrastive_loss, global_mean_parts
@@ -128,12 +135,7 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     optimizer = build_optimizer(embedder, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        # the loader is ours (the plan shards it), so DeepSpeed is told the micro-batch size directly
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = stage.data.batch_size
-    # FSDP wraps the backbone's own layer classes (decoder layers, vision blocks)
-    embedder._no_split_modules = list(getattr(embedder.model, "_no_split_modules", None) or [])
-    model, optimizer, scheduler = accelerator.prepare(embedder, optimizer, scheduler)
+    model, optimizer, scheduler = prepare(accelerator, embedder, optimizer, scheduler, stage.data.batch_size)
     unwrapped = accelerator.unwrap_model(model)
     accelerator.print(f"training {stage.name}: {accelerator.distributed_type.value} x {accelerator.num_processes}, "
                       f"{steps_per_epoch} steps/epoch, {total_steps} steps, GradCache chunk {cfg.gradcache_chunk}")
@@ -144,15 +146,7 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
     engine = GradCache(cfg.gradcache_chunk, getattr(unwrapped.model.config, "image_token_id", None), stand_in)
 
     # ---- resume
-    progress = Progress(gradcache_chunk=cfg.gradcache_chunk)
-    ckpt = latest_checkpoint(stage_dir) if cfg.resume else None
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        saved = read_state(ckpt)
-        progress = Progress(**{k: v for k, v in saved.items() if k in Progress.__dataclass_fields__})
-        progress.gradcache_chunk = cfg.gradcache_chunk
-        accelerator.print(f"resumed from {ckpt} at step {progress.step} (epoch {progress.epoch}, "
-                          f"batch {progress.batch})")
+    progress = restore(accelerator, stage_dir, cfg)
     sampler.set_start(progress.epoch, progress.batch)
     config_yaml = dump_yaml(stage)
     metrics_path = stage_dir / "metrics.jsonl"
@@ -204,12 +198,7 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
             row = {"step": progress.step, "epoch": progress.batches_seen / steps_per_epoch,
                    "lr": scheduler.get_last_lr()[0], "examples_per_s": seen / max(1e-9, time.time() - start),
                    "nonfinite_steps": progress.nonfinite_total, **parts}
-            if accelerator.is_main_process:
-                with metrics_path.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-            if bar is not None:
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
-                                ex_s=f"{row['examples_per_s']:.0f}")
+            _log(accelerator, metrics_path, row, bar)
         if bar is not None:
             bar.update(1)
         if cfg.save_every and progress.step % cfg.save_every == 0 and progress.step < total_steps:
@@ -222,6 +211,42 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
     model_dir = save_final_model(accelerator, model, stage, stage_dir)
     return StageResult(model_dir, progress.step, last_loss, time.time() - start, stats.skipped,
                        progress.nonfinite_total)
+
+
+def prepare(accelerator, embedder, optimizer, scheduler, batch_size: int):
+    """accelerator.prepare, told what it cannot infer from a loader it does not shard."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # the loader is ours (the plan shards it), so DeepSpeed is told the micro-batch size directly
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
+    # FSDP wraps the backbone's own layer classes (decoder layers, vision blocks)
+    embedder._no_split_modules = list(getattr(embedder.model, "_no_split_modules", None) or [])
+    return accelerator.prepare(embedder, optimizer, scheduler)
+
+
+def restore(accelerator, stage_dir: Path, cfg) -> Progress:
+    """Load the newest checkpoint (``train.resume``) and return where to continue; a fresh start otherwise."""
+    progress = Progress(gradcache_chunk=cfg.gradcache_chunk)
+    ckpt = latest_checkpoint(stage_dir) if cfg.resume else None
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        saved = read_state(ckpt)
+        progress = Progress(**{k: v for k, v in saved.items() if k in Progress.__dataclass_fields__})
+        progress.gradcache_chunk = cfg.gradcache_chunk
+        accelerator.print(f"resumed from {ckpt} at step {progress.step} (epoch {progress.epoch}, "
+                          f"batch {progress.batch})")
+    elif not cfg.resume and list_checkpoints(stage_dir) and accelerator.is_main_process:
+        print(f"train.resume=false: removing the earlier run's checkpoints in {checkpoint_dir(stage_dir)}")
+        shutil.rmtree(checkpoint_dir(stage_dir))
+    accelerator.wait_for_everyone()
+    return progress
+
+
+def _log(accelerator, metrics_path: Path, row: dict, bar) -> None:
+    if accelerator.is_main_process:
+        with metrics_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    if bar is not None:
+        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", ex_s=f"{row['examples_per_s']:.0f}")
 
 
 def _sync_context(accelerator, model):
