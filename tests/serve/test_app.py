@@ -182,3 +182,20 @@ def test_unreadable_image_found_at_encode_time_is_400(embedder, monkeypatch):
     monkeypatch.setattr(embedder, "encode", broken)
     with TestClient(create_app(embedder, ServeSettings(model_name="tiny"))) as c:
         error_of(post(c, {"input": "x"}), 400, "input[0]", "cannot read image")
+
+
+def test_model_failure_is_500_json_and_the_server_keeps_serving(embedder, monkeypatch):
+    calls = {"n": 0}
+    real = embedder.encode
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embedder, "encode", flaky)
+    with TestClient(create_app(embedder, ServeSettings(model_name="tiny")), raise_server_exceptions=False) as c:
+        error = error_of(post(c, {"input": "x"}), 500, "RuntimeError", "out of memory")
+        assert error["code"] == "internal_error"
+        assert post(c, {"input": "x"}).status_code == 200
