@@ -108,7 +108,10 @@ def plan_chunks(inputs_by_role: dict, chunk_size: int | None, image_stand_in: di
             continue
         k = math.ceil(top / chunk_size) if chunk_size else 1
         sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
-        real = split_by_sizes(inputs_by_role[role], [s for s in sizes if s], image_token_id) if n else []
+        if k == 1 and n:  # the whole role in one forward: no need to cut anything
+            real = [inputs_by_role[role]]
+        else:
+            real = split_by_sizes(inputs_by_role[role], [s for s in sizes if s], image_token_id) if n else []
         out[role] = [Chunk(c, num_rows(c)) for c in real]
         out[role] += [Chunk(first_row(inputs_by_role[role] if n else spare, image_token_id), 0)
                       for s in sizes if not s]
