@@ -47,7 +47,10 @@ def serve(
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Serve MODEL with an OpenAI-compatible POST /v1/embeddings (plus GET /v1/models and /health)."""
-    from vlmbed.serve import ServeSettings, run_server
+    try:
+        from vlmbed.serve import ServeSettings, run_server
+    except ImportError as exc:
+        _fail(ImportError(f"{exc}; serving needs fastapi and uvicorn: pip install fastapi 'uvicorn[standard]'"))
 
     try:
         settings = ServeSettings(
