@@ -164,13 +164,37 @@ def test_bearer_token(embedder):
         assert c.get("/health").status_code == 200  # liveness probes need no key
 
 
-def test_full_queue_is_503_with_retry_after(embedder):
-    app = create_app(embedder, ServeSettings(model_name="tiny", max_queue=2))
-    with TestClient(app) as c:
-        r = post(c, {"input": ["a", "b", "c"]})  # more items than the whole queue holds
-        error = error_of(r, 503, "queue is full")
-        assert r.headers["retry-after"] == "1" and error["code"] == "queue_full"
-        assert post(c, {"input": ["a", "b"]}).status_code == 200
+def test_full_queue_is_503_with_retry_after(embedder, monkeypatch):
+    import asyncio
+    import time
+
+    import httpx
+
+    real = embedder.encode
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embedder, "encode", slow)
+    app = create_app(embedder, ServeSettings(model_name="tiny", max_batch_size=1, max_wait_ms=0, max_queue=2))
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            responses = await asyncio.gather(*(c.post("/v1/embeddings", json={"input": f"t{i}"}) for i in range(6)))
+            too_big = await c.post("/v1/embeddings", json={"input": ["a", "b", "c"]})
+        await app.state.service.batcher.close()
+        return responses, too_big
+
+    responses, too_big = asyncio.run(main())
+    codes = [r.status_code for r in responses]
+    # two wait in the queue (a third may already be running), the rest are refused at once
+    assert set(codes) == {200, 503} and codes.count(200) in (2, 3)
+    refused = next(r for r in responses if r.status_code == 503)
+    error = error_of(refused, 503, "queue is full")
+    assert refused.headers["retry-after"] == "1" and error["code"] == "queue_full"
+    error_of(too_big, 400, "too many inputs: 3", "limit is 2")  # could never fit: not worth a retry
 
 
 def test_unreadable_image_found_at_encode_time_is_400(embedder, monkeypatch):

@@ -84,6 +84,10 @@ class DynamicBatcher:
     def queued_items(self) -> int:
         return self._queued_items
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     def start(self) -> None:
         """Start the collector on the running event loop (idempotent)."""
         if self.running:
@@ -123,6 +127,20 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------------ collecting
     async def _collect(self) -> None:
+        try:
+            await self._collect_forever()
+        except BaseException as exc:  # cancelled or crashed: nobody may wait forever
+            self._closing = True
+            self._fail_pending(exc)
+            raise
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        while self._pending:
+            request = self._take()
+            if not request.future.done():
+                request.future.set_exception(ShuttingDown(f"the batcher stopped ({type(exc).__name__})"))
+
+    async def _collect_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()

@@ -64,9 +64,10 @@ class EmbeddingService:
         """Validate, queue and encode a request; return the JSON response body."""
         self.check_model(request.model)
         n = len(request.input)
-        if n > self.settings.max_items_per_request:
-            raise RequestError(400, f"too many inputs: {n} in one request, the limit is "
-                               f"{self.settings.max_items_per_request}; split the request", param="input")
+        limit = min(self.settings.max_items_per_request, self.settings.max_queue)
+        if n > limit:
+            raise RequestError(400, f"too many inputs: {n} in one request, the limit is {limit}; split the request",
+                               param="input")
         if request.dimensions is not None and request.dimensions > self.dimensions:
             raise RequestError(400, f"dimensions={request.dimensions} is larger than the model's "
                                f"{self.dimensions}", param="dimensions")
@@ -108,7 +109,7 @@ class EmbeddingService:
         return {"object": "list", "data": [card]}
 
     def health(self) -> dict:
-        return {"status": "shutting down" if self.batcher._closing else "ok", "model": self.settings.model_name,
+        return {"status": "shutting down" if self.batcher.closing else "ok", "model": self.settings.model_name,
                 "dimensions": self.dimensions, "queued_items": self.batcher.queued_items,
                 "batches": self.batcher.stats.as_dict()}
 
