@@ -69,6 +69,7 @@ class Progress:
     batches_seen: int = 0  # batches drawn, skipped ones included
     nonfinite_total: int = 0
     nonfinite_in_row: int = 0
+    overflow_steps: int = 0  # fp16 steps the grad scaler skipped (not counted as non-finite)
     gradcache_chunk: int | None = None
 
     def advance(self, position: tuple[int, int]) -> None:
@@ -183,13 +184,16 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
             out = full_batch_step(encode, roles, loss_fn, backward, sync, image_stand_in=stand_in)
         progress.advance(batch["position"])
         finite = out.finite and _finite_grad_norm(accelerator, model, cfg.grad_clip)
-        if not finite:
+        if not finite and not (out.finite and accelerator.scaler is not None):
             _skip_update(accelerator, optimizer, progress, cfg.max_nonfinite, out.parts)
             continue
-        progress.nonfinite_in_row = 0
-        optimizer.step()
-        scheduler.step()
+        optimizer.step()  # fp16: an overflow makes the grad scaler skip this step and lower its scale
         optimizer.zero_grad(set_to_none=True)
+        if optimizer.step_was_skipped:
+            progress.overflow_steps += 1
+            continue
+        progress.nonfinite_in_row = 0
+        scheduler.step()
         progress.step += 1
         seen += sum(dist.gather_sizes(int(batch["query"]["input_ids"].shape[0])))
         parts = global_mean_parts(out.parts)
