@@ -98,14 +98,15 @@ def test_thresholds_hold_and_paths_are_relative_to_the_output(train_file, tmp_pa
     assert report.excluded_duplicate > 0 and report.excluded_false_negative > 0
     from vlmbed.data.jsonl import read_jsonl
 
-    examples = read_jsonl(out)  # the lead's reader loads the mined file, images resolved from its folder
-    for ex in examples:
-        q = embedder.encode([ex.query], role="query")[0]
-        p = embedder.encode([ex.positive], role="document")[0]
-        for neg in ex.negatives:
-            n = embedder.encode([neg], role="document")[0]
-            assert n @ p < 0.6 + 1e-5 and q @ n <= q @ p + 1e-5
-            assert neg.image is None or neg.image.exists()
+    examples = read_jsonl(out)  # the generic reader loads the mined file, images resolved from its folder
+    q = embedder.encode([ex.query for ex in examples], role="query")
+    p = embedder.encode([ex.positive for ex in examples], role="document")
+    negs = [(i, neg) for i, ex in enumerate(examples) for neg in ex.negatives]
+    n = embedder.encode([neg for _, neg in negs], role="document")
+    for (i, neg), vec in zip(negs, n, strict=True):
+        assert vec @ p[i] < 0.6 + 1e-5 and q[i] @ vec <= q[i] @ p[i] + 1e-5
+        assert neg.image is None or neg.image.exists()
+    assert negs
     image_records = [json.loads(line) for line in out.read_text().splitlines()][16:]
     assert image_records[0]["positive_image"] == "../data/imgs/16.png"
 
