@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # stdout/stderr: just the JSON line
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 WORDS = ("zero one two three four five six seven eight nine digit number handwritten image photo picture of the "
          "a is this what which plus minus even odd greater less than top bottom left right query document").split()
 
