@@ -85,3 +85,25 @@ def test_shutdown_finishes_in_flight_requests(embedder, live_server):
         np.testing.assert_allclose(response.json()["data"][0]["embedding"], embedder.encode([f"request {i}"])[0],
                                    atol=1e-5)
     assert not server.thread.is_alive()
+
+
+def test_remote_images_only_when_allowed(embedder, live_server, png):
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    raw = png(7)
+    images = live_server(Starlette(routes=[Route("/digit.png", lambda request: Response(raw, media_type="image/png"))]))
+    url = f"{images.url}/digit.png"
+    refusing = live_server(create_app(embedder, ServeSettings(model_name="tiny")))
+    r = httpx.post(f"{refusing.url}/v1/embeddings", json={"input": [{"image": url}]}, timeout=30)
+    assert r.status_code == 400 and "remote image URLs are not fetched" in r.json()["error"]["message"]
+
+    fetching = live_server(create_app(embedder, ServeSettings(model_name="tiny", allow_remote_images=True)))
+    r = httpx.post(f"{fetching.url}/v1/embeddings", json={"input": [{"text": "d", "image": url}]}, timeout=30)
+    assert r.status_code == 200, r.text
+    expected = embedder.encode([Item("d", Image.open(io.BytesIO(raw)).convert("RGB"))])
+    np.testing.assert_allclose([r.json()["data"][0]["embedding"]], expected, atol=1e-5)
+    r = httpx.post(f"{fetching.url}/v1/embeddings", json={"input": [{"image": f"{images.url}/missing.png"}]},
+                   timeout=30)
+    assert r.status_code == 400 and "returned HTTP 404" in r.json()["error"]["message"]
