@@ -37,6 +37,7 @@ class LoraSettings(Strict):
 class ModelConfig(Strict):
     path: str = "tiny"  # a model folder, "previous" (the previous stage's output) or "tiny" (built in code)
     tiny_family: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_vl"
+    tiny_seed: int = 0  # random initialisation of the tiny model
     attention: Literal["causal", "bidirectional"] = "causal"
     pooling: Literal["last", "mean"] = "last"
     normalize: bool = True
@@ -50,18 +51,25 @@ class ModelConfig(Strict):
 
 
 class SourceConfig(Strict):
-    format: Literal["digits", "jsonl"] = "jsonl"
-    path: str | None = None  # file for jsonl
+    # jsonl / digits: contrastive pairs; documents / digits_unlabeled: pre-training documents
+    format: Literal["digits", "jsonl", "documents", "digits_unlabeled"] = "jsonl"
+    path: str | None = None  # file for jsonl / documents
     tasks: list[str] | None = None  # digits: subset of task names
     split: str = "train"
     weight: float = 1.0
     max_examples: int | None = None
+    label_fraction: float = Field(1.0, gt=0, le=1)  # digits: keep pairs for this fraction of the images
+    label_seed: int = 0  # digits: which images keep their pairs
 
     @model_validator(mode="after")
     def _needs_path(self):
-        if self.format == "jsonl" and not self.path:
-            raise ValueError("a jsonl data source needs `path`")
+        if self.format in ("jsonl", "documents") and not self.path:
+            raise ValueError(f"a {self.format} data source needs `path`")
         return self
+
+    @property
+    def is_pretraining(self) -> bool:
+        return self.format in ("documents", "digits_unlabeled")
 
 
 class BatchingConfig(Strict):
@@ -95,7 +103,26 @@ class InfoNCEConfig(Strict):
     symmetric: bool = False  # add the document -> query direction
 
 
-ObjectiveConfig = Annotated[InfoNCEConfig, Field(discriminator="name")]
+class MLMConfig(Strict):
+    """Masked-token prediction on the (bidirectional) backbone; MoCa stage 1, CoCoA MNTP."""
+
+    name: Literal["mlm"] = "mlm"
+    weight: float = 1.0
+    ratio: float = Field(0.4, gt=0, lt=1)  # share of non-special text tokens replaced by <|mask|>
+    shift: Literal[0, 1] = 1  # 1: predict x_i from h_{i-1} (MoCa paper); 0: same position (MoCa code)
+
+
+class MAEConfig(Strict):
+    """Masked image-unit reconstruction through a patch decoder; MoCa stage 1."""
+
+    name: Literal["mae"] = "mae"
+    weight: float = 0.5  # MoCa paper 0.5; released script 0.1
+    ratio: float = Field(0.5, gt=0, lt=1)  # share of merged units (one <|image_pad|> token each) masked
+    noise: Literal["per_patch", "shared"] = "per_patch"  # paper: fresh Gaussian per patch; code: one shared
+
+
+ObjectiveConfig = Annotated[InfoNCEConfig | MLMConfig | MAEConfig, Field(discriminator="name")]
+RECONSTRUCTION = ("mlm", "mae")
 
 
 class TrainConfig(Strict):
@@ -134,6 +161,24 @@ class StageConfig(Strict):
     objectives: list[ObjectiveConfig] = Field(default_factory=lambda: [InfoNCEConfig()])
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @property
+    def is_reconstruction(self) -> bool:
+        """A pre-training stage: reconstruction objectives on documents (no contrastive pairs)."""
+        return any(o.name in RECONSTRUCTION for o in self.objectives)
+
+    @model_validator(mode="after")
+    def _objectives_match_data(self):
+        kinds = {o.name in RECONSTRUCTION for o in self.objectives}
+        if len(kinds) > 1:
+            raise ValueError("a stage mixes reconstruction (mlm, mae) and contrastive objectives; use two stages")
+        pre = {s.is_pretraining for s in self.data.sources}
+        if len(pre) > 1 or (pre and pre.pop() != self.is_reconstruction):
+            raise ValueError("data.sources must be documents/digits_unlabeled for mlm/mae objectives and "
+                             "jsonl/digits for contrastive ones")
+        if self.is_reconstruction and self.train.gradcache_chunk:
+            raise ValueError("train.gradcache_chunk applies to contrastive objectives only")
+        return self
 
 
 class RecipeConfig(Strict):

@@ -87,8 +87,14 @@ def build_digits(
     tasks: list[str] | None = None,
     seed: int = 0,
     max_per_task: int | None = None,
+    label_fraction: float = 1.0,
+    label_seed: int = 0,
 ) -> dict[str, list[Example]]:
-    """Examples per task for ``split`` ("train" or "test"); candidates fixed by ``seed``."""
+    """Examples per task for ``split`` ("train" or "test"); candidates fixed by ``seed``.
+
+    ``label_fraction`` < 1 keeps pairs for only that fraction of the split's images (chosen by
+    ``label_seed``, at least one per class); everything, negatives included, comes from those images.
+    """
     tasks = tasks or list(DIGITS_TASKS)
     unknown = [t for t in tasks if t not in DIGITS_TASKS]
     if unknown:
@@ -97,6 +103,8 @@ def build_digits(
         raise ValueError(f"digits split must be train or test, got {split!r}")
     _, labels = _load()
     idx = split_indices()[split]
+    if label_fraction < 1.0:
+        idx = _labeled_subset(idx, labels, label_fraction, label_seed)
     rng = np.random.default_rng(seed + (0 if split == "test" else 1))
     by_class = {c: idx[labels[idx] == c] for c in range(10)}
     out = {}
@@ -107,6 +115,16 @@ def build_digits(
             examples = examples[:max_per_task]
         out[task] = examples
     return out
+
+
+def _labeled_subset(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(10_000 + seed)
+    keep = []
+    for c in range(10):
+        members = idx[labels[idx] == c]
+        n = max(1, int(round(fraction * len(members))))
+        keep.extend(rng.choice(members, size=n, replace=False).tolist())
+    return np.sort(np.array(keep))
 
 
 def _others(positive: int, n: int, rng) -> list[int]:

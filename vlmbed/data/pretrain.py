@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vlmbed.data.images import open_image
@@ -32,6 +33,7 @@ class Document:
     text: str
     images: list = field(default_factory=list)
     source: str = ""
+    task: str = "pretrain"  # source dataset (task-homogeneous batching)
 
     def __post_init__(self) -> None:
         n = self.text.count(IMAGE_MARK)
@@ -93,7 +95,10 @@ class PretrainCollator:
         self.special = special_token_ids(tok, [*self.extra_special_tokens, self.mask_token])
         self._generator = torch.Generator().manual_seed(self.seed)
 
-    def __call__(self, docs: list[Document]) -> dict:
+    def __call__(self, docs: list[Document], seed: int | None = None) -> dict:
+        """Mask a batch; ``seed`` fixes this batch's masks (resume reproduces them exactly)."""
+        if seed is not None:
+            self._generator.manual_seed(seed)
         texts = [d.text.replace(IMAGE_MARK, self.encoder.image_placeholder) for d in docs]
         images = [open_image(img) if not hasattr(img, "size") else img for d in docs for img in d.images]
         enc = dict(self.encoder.processor(text=texts, images=images or None, padding=True, return_tensors="pt",
@@ -110,3 +115,18 @@ class PretrainCollator:
             unit_mask, targets = torch.zeros(0, dtype=torch.bool), torch.zeros(0, 0)
         return {"inputs": enc, "mlm_labels": labels, "image_token_mask": image_token_mask,
                 "unit_mask": unit_mask, "mae_targets": targets}
+
+
+def document_costs(docs: list[Document], cost) -> np.ndarray:
+    """(n, 4) cost rows for the batch planner (column 0: the document's cost; MoCa: text tokens +
+    4 x image tokens + 2 per image, or plain sequence length), from headers only (no decoding)."""
+    from vlmbed.types import Item
+
+    tok = cost.tokenizer
+    out = np.zeros((len(docs), 4), dtype=np.float64)
+    for i, d in enumerate(docs):
+        text = d.text.replace(IMAGE_MARK, cost.encoder.image_placeholder)
+        n_text = len(tok(text, add_special_tokens=False)["input_ids"]) - len(d.images)
+        img = [cost.image_tokens(Item(image=im, source=d.source)) for im in d.images]
+        out[i, 0] = n_text + sum(img) if cost.kind == "tokens" else n_text + 4 * sum(img) + 2 * len(img)
+    return out

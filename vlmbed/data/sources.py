@@ -1,24 +1,39 @@
-"""Read a stage's data sources into one list of Examples (weighted mixture)."""
+"""Read a stage's data sources into one list (weighted mixture): Examples for contrastive stages,
+pre-training Documents for reconstruction stages."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 
-from vlmbed.data.digits import build_digits
+from vlmbed.data.digits import build_digits, unlabeled_digits
 from vlmbed.data.jsonl import ReadStats, read_jsonl
+from vlmbed.data.pretrain import read_documents
 from vlmbed.types import Example
 
 
-def load_sources(data_cfg) -> tuple[list[Example], ReadStats]:
-    """Examples of every source; ``weight`` w repeats (w > 1) or subsamples (w < 1) a source."""
+def _read(src, data_cfg, stats: ReadStats) -> list:
+    if src.format == "digits":
+        suite = build_digits(src.split, src.tasks, label_fraction=src.label_fraction, label_seed=src.label_seed)
+        return [ex for exs in suite.values() for ex in exs]
+    if src.format == "digits_unlabeled":
+        return unlabeled_digits(src.split)
+    if src.format == "documents":
+        return read_documents(src.path)
+    examples = read_jsonl(src.path, on_bad_image=data_cfg.on_bad_image, stats=stats)
+    # records without a task belong to their file (task-homogeneous batching keeps files apart)
+    return [ex if ex.task else dataclasses.replace(ex, task=Path(src.path).stem) for ex in examples]
+
+
+def load_sources(data_cfg) -> tuple[list, ReadStats]:
+    """Records of every source; ``weight`` w repeats (w > 1) or subsamples (w < 1) a source."""
     stats = ReadStats()
     rng = np.random.default_rng(data_cfg.seed)
     out: list[Example] = []
     for src in data_cfg.sources:
-        if src.format == "digits":
-            examples = [ex for exs in build_digits(src.split, src.tasks).values() for ex in exs]
-        else:
-            examples = read_jsonl(src.path, on_bad_image=data_cfg.on_bad_image, stats=stats)
+        examples = _read(src, data_cfg, stats)
         if src.max_examples is not None:
             examples = examples[: src.max_examples]
         out.extend(_weighted(examples, src.weight, rng))

@@ -16,9 +16,10 @@ def resolve_model_path(model_cfg, work_dir: Path, previous: Path | None = None) 
     if model_cfg.path == "tiny":
         from vlmbed.models.tiny import build_tiny_vlm
 
-        folder = Path(work_dir) / f"tiny-{model_cfg.tiny_family}"
+        seed = f"-seed{model_cfg.tiny_seed}" if model_cfg.tiny_seed else ""
+        folder = Path(work_dir) / f"tiny-{model_cfg.tiny_family}{seed}"
         if not (folder / "config.json").exists():
-            build_tiny_vlm(folder, family=model_cfg.tiny_family)
+            build_tiny_vlm(folder, family=model_cfg.tiny_family, seed=model_cfg.tiny_seed)
         return folder
     if model_cfg.path == "previous":
         if previous is None:
@@ -46,7 +47,11 @@ def build_embedder(model_cfg, path: Path) -> Embedder:
             path, dtype=DTYPES[model_cfg.dtype], attn_implementation=model_cfg.attn_implementation, **settings
         )
     if model_cfg.gradient_checkpointing:
-        embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(embedder.model, "activation_checkpointing_enable"):  # the transformers >= 5.x name
+            embedder.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if lora_cfg is not None and lora_cfg.enabled:
             embedder.model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
     if lora_cfg is not None and lora_cfg.enabled:

@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 from vlmbed.data.collate import DEFAULT_TEMPLATES, ItemEncoder
 from vlmbed.models.adapters import BACKBONES
 from vlmbed.models.attention import build_attention_masks
+from vlmbed.models.heads import PatchDecoder, mlm_logits
 from vlmbed.models.pooling import POOLING, at_positions, marked_positions
 from vlmbed.types import Item
 
@@ -44,14 +46,19 @@ class EmbedderSettings:
 
 
 @dataclass
-class EmbedOutput:
-    """What one forward returns; objectives take what they need."""
+class EmbedOutput(ModelOutput):
+    """What one forward returns; objectives take what they need.
 
-    hidden: torch.Tensor  # (B, T, d) post-norm last hidden states
-    attention_mask: torch.Tensor  # (B, T) padding mask
-    masks: dict  # the per-layer attention masks actually used
-    embeddings: torch.Tensor  # (B, d), or (B, k, d) at marked positions
+    A ``ModelOutput`` so that engines (DeepSpeed, accelerate's fp32 output conversion) see the tensors.
+    """
+
+    embeddings: torch.Tensor | None = None  # (B, d), or (B, k, d) at marked positions
+    hidden: torch.Tensor | None = None  # (B, T, d) post-norm last hidden states
+    attention_mask: torch.Tensor | None = None  # (B, T) padding mask
+    masks: dict | None = None  # the per-layer attention masks actually used
     position_ids: torch.Tensor | None = None  # (3, B, T) M-RoPE positions used
+    token_logits: torch.Tensor | None = None  # (M, V) LM-head logits at the asked positions
+    patch_predictions: torch.Tensor | None = None  # (U_masked, merge**2 * patch_dim) from the patch decoder
 
 
 class Embedder(nn.Module):
@@ -68,6 +75,7 @@ class Embedder(nn.Module):
                 f"unsupported model type {model_type!r}; vlmbed supports {', '.join(sorted(BACKBONES))}"
             )
         self.adapter = BACKBONES[model_type]()
+        self.heads = nn.ModuleDict()  # training-only heads (not saved with the model)
         tok = processor.tokenizer
         self.mark_token_id = tok.convert_tokens_to_ids(self.adapter.mark_token)
         self.encoder = ItemEncoder(
@@ -148,12 +156,17 @@ class Embedder(nn.Module):
         pooling: str | None = None,
         positions: torch.Tensor | str | None = None,
         block_fn=None,
+        token_positions: tuple[torch.Tensor, torch.Tensor] | None = None,
+        masked_units: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> EmbedOutput:
         """Embed processor inputs.
 
         ``attention``: causal | bidirectional | block (with ``block_fn``); defaults to the settings.
         ``pooling``: last | mean; ignored when ``positions`` is given. ``positions``: (B, k) token
         indices (-1 = none) or ``"marked"`` for every ``<|emb|>`` token, giving (B, k, d).
+        Reconstruction heads, run inside the same forward (so DDP/FSDP see them): ``token_positions``
+        (rows, cols) -> ``token_logits`` from the LM head; ``masked_units`` (image-token mask (B, T),
+        unit mask (U,)) -> ``patch_predictions`` from the patch decoder (:meth:`add_patch_decoder`).
         """
         inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         mask = inputs["attention_mask"]  # (B, T)
@@ -174,7 +187,20 @@ class Embedder(nn.Module):
             emb = POOLING[pooling or self.settings.pooling](hidden, mask)  # (B, d)
         if self.settings.normalize:
             emb = nn.functional.normalize(emb.float(), dim=-1).to(emb.dtype)
-        return EmbedOutput(hidden=hidden, attention_mask=mask, masks=masks, embeddings=emb, position_ids=pos_ids)
+        out = EmbedOutput(embeddings=emb, hidden=hidden, attention_mask=mask, masks=masks, position_ids=pos_ids)
+        if token_positions is not None:
+            rows, cols = (t.to(hidden.device) for t in token_positions)
+            out.token_logits = mlm_logits(self, hidden, rows, cols)  # (M, V)
+        if masked_units is not None:
+            if "patch_decoder" not in self.heads:
+                raise ValueError("masked_units given but no patch decoder: call add_patch_decoder(patch_dim) first")
+            image_tokens, unit_mask = (t.to(hidden.device) for t in masked_units)
+            out.patch_predictions = self.heads["patch_decoder"](out, image_tokens, unit_mask)
+        return out
+
+    def add_patch_decoder(self, patch_dim: int, merge: int = 2) -> None:
+        """Attach MoCa's patch decoder (a copy of the middle LM layer + linear head); training only."""
+        self.heads["patch_decoder"] = PatchDecoder(self, patch_dim=patch_dim, merge=merge).to(self.device, self.dtype)
 
     def embed(self, items: list[Item], role: str) -> torch.Tensor:
         """Embeddings (B, d) of items for a role, with gradients (training)."""

@@ -1,7 +1,7 @@
 """Objectives: one per file, each a pure ``loss(...) -> dict[str, Tensor]`` of named parts."""
 
-from vlmbed.objectives import infonce
+from vlmbed.objectives import infonce, mae, mlm
 
-OBJECTIVES = {"infonce": infonce.loss}
+OBJECTIVES = {"infonce": infonce.loss, "mlm": mlm.loss, "mae": mae.loss}
 
-__all__ = ["OBJECTIVES", "infonce"]
+__all__ = ["OBJECTIVES", "infonce", "mae", "mlm"]

@@ -19,6 +19,7 @@ from vlmbed.data.batching import (
     group_key,
 )
 from vlmbed.data.collate import ContrastiveCollator
+from vlmbed.data.pretrain import document_costs
 
 
 @dataclass
@@ -44,19 +45,24 @@ def build_plan(stage, examples, embedder, world: int, rank: int, cache_dir: Path
     spec = BatchingSpec(batch_size=stage.data.batch_size, mode=b.mode, max_tokens=b.max_tokens,
                         homogeneous=b.homogeneous, unique_positives=b.unique_positives, task_weights=b.task_weights)
     costs = None
-    if b.mode == "token_budget":
+    if b.mode == "token_budget" and stage.is_reconstruction:
+        costs = document_costs(examples, CostModel(embedder.encoder, kind=b.cost))
+    elif b.mode == "token_budget":
         folder = Path(b.cost_cache) if b.cost_cache else cache_dir
         costs = example_costs(examples, CostModel(embedder.encoder, kind=b.cost), stage.data.num_negatives, folder)
-    keys = [group_key(ex) for ex in examples] if b.unique_positives else None
+    keys = [group_key(ex) for ex in examples] if b.unique_positives and not stage.is_reconstruction else None
     return BatchPlan(len(examples), spec, world=world, rank=rank, seed=stage.data.seed,
                      tasks=[ex.task for ex in examples], keys=keys, costs=costs)
 
 
 def build_loader(stage, examples, embedder, plan: BatchPlan) -> tuple[DataLoader, PlanSampler]:
     sampler = PlanSampler(plan)
-    loader = DataLoader(
-        PositionedDataset(examples), batch_sampler=sampler,
-        collate_fn=TrainCollator(ContrastiveCollator(embedder.encoder, stage.data.num_negatives)),
-        num_workers=stage.data.num_workers,
-    )
+    if stage.is_reconstruction:
+        from vlmbed.train.reconstruction import DocumentCollator, pretrain_collator
+
+        collate = DocumentCollator(pretrain_collator(embedder, stage), seed=stage.data.seed)
+    else:
+        collate = TrainCollator(ContrastiveCollator(embedder.encoder, stage.data.num_negatives))
+    loader = DataLoader(PositionedDataset(examples), batch_sampler=sampler, collate_fn=collate,
+                        num_workers=stage.data.num_workers)
     return loader, sampler

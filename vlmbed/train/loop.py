@@ -43,6 +43,7 @@ from vlmbed.train.data import build_loader, build_plan
 from vlmbed.train.gradcache import GradCache, full_batch_step, image_stand_in
 from vlmbed.train.losses import CONTRASTIVE_ROLES, contrastive_loss, global_mean_parts
 from vlmbed.train.optim import build_optimizer, build_scheduler
+from vlmbed.train.reconstruction import prepare_heads, reconstruction_step
 
 
 class NonFiniteLossError(ValueError):
@@ -121,6 +122,8 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
     embedder = build_embedder(stage.model, model_path)
+    if stage.is_reconstruction:
+        prepare_heads(embedder, stage)  # training-only heads (patch decoder), before the optimizer
     if cfg.freeze_vision:
         for p in embedder.adapter.vision_tower(embedder.model).parameters():
             p.requires_grad_(False)
@@ -178,7 +181,9 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
         def loss_fn(reps: dict, batch=batch) -> dict:
             return contrastive_loss(reps, batch, stage.objectives, gather=cfg.gather_across_devices)
 
-        if cfg.gradcache_chunk:
+        if stage.is_reconstruction:
+            out = reconstruction_step(model, batch, stage, backward)
+        elif cfg.gradcache_chunk:
             out = engine.step(encode, roles, loss_fn, backward, sync)
         else:
             out = full_batch_step(encode, roles, loss_fn, backward, sync, image_stand_in=stand_in)
@@ -195,7 +200,7 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
         progress.nonfinite_in_row = 0
         scheduler.step()
         progress.step += 1
-        seen += sum(dist.gather_sizes(int(batch["query"]["input_ids"].shape[0])))
+        seen += sum(dist.gather_sizes(int(batch["inputs" if stage.is_reconstruction else "query"]["input_ids"].shape[0])))
         parts = global_mean_parts(out.parts)
         last_loss = parts["loss"]
         if progress.step % cfg.log_every == 0 or progress.step == total_steps:
