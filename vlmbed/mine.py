@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmbed.data.jsonl import json_lines
 from vlmbed.index.corpus import encode_items, read_index_items
 from vlmbed.types import Item
 
@@ -87,23 +88,13 @@ class _Candidate:
 def read_training_records(path: str | Path) -> list[_Record]:
     """Read the generic training jsonl, keeping each raw record; errors name file and line."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"data file not found: {path}")
-    records = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                records.append(_parse(line, path, f"{path}:{lineno}"))
+    records = [_parse(raw, path, where) for where, raw in json_lines(path, "data file", MiningDataError)]
     if not records:
         raise MiningDataError(f"{path}: no records")
     return records
 
 
-def _parse(line: str, path: Path, where: str) -> _Record:
-    try:
-        raw = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise MiningDataError(f"{where}: not valid JSON ({exc.msg})") from None
+def _parse(raw, path: Path, where: str) -> _Record:
     if not isinstance(raw, dict):
         raise MiningDataError(f"{where}: a record must be a JSON object")
     query = _item(raw, "query", path.parent, where)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vlmbed.data.images import open_image
-from vlmbed.data.jsonl import DataFormatError
+from vlmbed.data.jsonl import DataFormatError, json_lines
 from vlmbed.types import Item
 
 ITEM_FIELDS = {"id", "text", "image", "instruction"}
@@ -15,17 +14,8 @@ ITEM_FIELDS = {"id", "text", "image", "instruction"}
 def read_items(path: str | Path, check_images: bool = True, extra_fields: bool = False) -> list[Item]:
     """Read items; image paths are relative to the file. Errors name file and line."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"items file not found: {path}")
     items = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{where}: not valid JSON ({exc.msg})") from None
+    for where, rec in json_lines(path, what="items file"):
         if isinstance(rec, str):
             rec = {"text": rec}
         unknown = set(rec) - ITEM_FIELDS

@@ -39,32 +39,42 @@ class ReadStats:
     reasons: list[str] = field(default_factory=list)
 
 
-def read_jsonl(
-    path: str | Path, on_bad_image: str = "error", check_images: bool = True, stats: ReadStats | None = None
-) -> list[Example]:
-    """Read a jsonl file of records into Examples (see module docstring for the fields)."""
+def json_lines(path: str | Path, what: str = "data file", error: type[Exception] = DataFormatError):
+    """Yield (``"file:line"``, record) for every non-empty line; a missing file or invalid JSON is an
+    error naming the file (and line). Every jsonl reader of vlmbed reads through this."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"data file not found: {path}")
-    stats = stats if stats is not None else ReadStats()
-    out = []
+        raise FileNotFoundError(f"{what} not found: {path}")
     with path.open() as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
-                example = _record(json.loads(line), path.parent, where, check_images)
+                rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataFormatError(f"{where}: not valid JSON ({exc.msg})") from None
-            except ImageLoadError as exc:
-                if on_bad_image != "skip":
-                    raise ImageLoadError(f"{where}: {exc}") from None
-                stats.skipped += 1
-                stats.reasons.append(f"{where}: {exc}")
-                continue
-            out.append(example)
-            stats.read += 1
+                raise error(f"{where}: not valid JSON ({exc.msg})") from None
+            yield where, rec
+
+
+def read_jsonl(
+    path: str | Path, on_bad_image: str = "error", check_images: bool = True, stats: ReadStats | None = None
+) -> list[Example]:
+    """Read a jsonl file of records into Examples (see module docstring for the fields)."""
+    path = Path(path)
+    stats = stats if stats is not None else ReadStats()
+    out = []
+    for where, rec in json_lines(path):
+        try:
+            example = _record(rec, path.parent, where, check_images)
+        except ImageLoadError as exc:
+            if on_bad_image != "skip":
+                raise ImageLoadError(f"{where}: {exc}") from None
+            stats.skipped += 1
+            stats.reasons.append(f"{where}: {exc}")
+            continue
+        out.append(example)
+        stats.read += 1
     return out
 
 

@@ -14,7 +14,6 @@ objectives need.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from vlmbed.data.images import open_image
-from vlmbed.data.jsonl import DataFormatError
+from vlmbed.data.jsonl import DataFormatError, json_lines
 from vlmbed.data.masking import mask_image_units, mask_text, special_token_ids
 
 IMAGE_MARK = "<image>"
@@ -45,17 +44,10 @@ class Document:
 
 def read_documents(path: str | Path, check_images: bool = True) -> list[Document]:
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"pre-training data file not found: {path}")
     docs = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{where}: not valid JSON ({exc.msg})") from None
+    for where, rec in json_lines(path, what="pre-training data file"):
+        if not isinstance(rec, dict):
+            raise DataFormatError(f"{where}: a document must be a JSON object")
         if "caption" in rec or "image" in rec:
             text, images = IMAGE_MARK + (rec.get("caption") or ""), [rec.get("image")]
         else:

@@ -11,13 +11,13 @@ a text item.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from vlmbed.data.images import ImageLoadError
+from vlmbed.data.jsonl import json_lines
 from vlmbed.types import Item
 
 CONTENT_FIELDS = ("id", "text", "image", "instruction")
@@ -37,24 +37,13 @@ class CorpusRecord:
 def read_index_items(path: str | Path) -> list[CorpusRecord]:
     """Read an items jsonl; errors name file and line."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"items file not found: {path}")
-    out = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                out.append(_record(line, path, lineno))
+    out = [_record(rec, path, where) for where, rec in json_lines(path, "items file", ItemsFormatError)]
     if not out:
         raise ItemsFormatError(f"{path}: no items (expected one JSON object per line)")
     return out
 
 
-def _record(line: str, path: Path, lineno: int) -> CorpusRecord:
-    where = f"{path}:{lineno}"
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ItemsFormatError(f"{where}: not valid JSON ({exc.msg})") from None
+def _record(rec, path: Path, where: str) -> CorpusRecord:
     if isinstance(rec, str):
         rec = {"text": rec}
     if not isinstance(rec, dict):
@@ -68,7 +57,7 @@ def _record(line: str, path: Path, lineno: int) -> CorpusRecord:
     if image:
         path_image = Path(image) if Path(image).is_absolute() else path.parent / image
     item = Item(text=text, image=path_image, instruction=rec.get("instruction") or "", source=where)
-    id_ = str(rec["id"]) if rec.get("id") is not None else str(lineno)
+    id_ = str(rec["id"]) if rec.get("id") is not None else where.rsplit(":", 1)[1]  # default id: line number
     metadata = {k: v for k, v in rec.items() if k != "id"}
     return CorpusRecord(id_, item, metadata)
 
