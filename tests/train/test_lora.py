@@ -61,6 +61,16 @@ def test_lora_training_exports_merged_weights_equal_to_the_adapter_model(tiny_mo
     assert type(plain).__name__ == "Qwen2VLForConditionalGeneration"
     again = Embedder.from_pretrained(export_merged(stage / "adapter", tmp_path / "exported"))
     assert np.abs(again.encode(_items()) - adapter.encode(_items())).max() < 1e-5
+    # the same through the command line
+    from typer.testing import CliRunner
+
+    from vlmbed.cli import _register, app
+
+    _register()
+    res = CliRunner().invoke(app, ["export-merged", str(stage / "adapter"), str(tmp_path / "cli-exported")])
+    assert res.exit_code == 0, res.output
+    cli = Embedder.from_pretrained(tmp_path / "cli-exported")
+    assert np.abs(cli.encode(_items()) - adapter.encode(_items())).max() < 1e-5
 
 
 def test_adapter_folder_with_a_missing_base_fails_clearly(tiny_model_dir, tmp_path):

@@ -111,3 +111,18 @@ def encode(
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, vectors)
     typer.echo(json.dumps({"items": len(items), "dim": int(vectors.shape[1]) if len(items) else 0, "out": str(out)}))
+
+
+@app.command("export-merged")
+def export_merged_cmd(
+    adapter: Path = typer.Argument(..., help="A LoRA stage's adapter/ folder (PEFT format + vlmbed.json)."),
+    out: Path = typer.Argument(..., help="Output folder: a plain Hugging Face model with merged weights."),
+) -> None:
+    """Merge a LoRA adapter into its base model and save a plain Hugging Face folder (no peft needed)."""
+    from vlmbed.models.lora import export_merged
+
+    try:
+        path = export_merged(adapter, out)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(f"merged model -> {path}")
