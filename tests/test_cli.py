@@ -69,3 +69,15 @@ def test_full_quickstart_reaches_target(tmp_path):
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "qs" / "00-contrastive" / "results.json").read_text())
     assert results["after"]["overall"] >= 0.90
+
+
+def test_report_plots_loss_parts_only(tmp_path):
+    from vlmbed.train.report import NOT_LOSSES, write_report
+
+    row = {"step": 1, "epoch": 0.1, "lr": 1e-3, "examples_per_s": 9.0, "nonfinite_steps": 0, "infonce": 2.0,
+           "loss": 2.0}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    res = {"tasks": {"t": {"precision@1": 0.5, "meta_task": "CLS"}}, "meta_tasks": {"CLS": 0.5}, "overall": 0.5}
+    page = write_report(tmp_path, "t", res).read_text()
+    assert "data:image/png;base64," in page
+    assert set(NOT_LOSSES) == {k for k in row if k not in ("infonce", "loss")}

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from vlmbed.eval.table import table_rows
 
+NOT_LOSSES = ("step", "epoch", "lr", "examples_per_s", "nonfinite_steps")  # logged beside the loss parts
+
 
 def _loss_curve_png(metrics_path: Path) -> str | None:
     if not metrics_path.exists():
@@ -23,7 +25,7 @@ def _loss_curve_png(metrics_path: Path) -> str | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
-    parts = [k for k in rows[-1] if k not in ("step", "epoch", "lr", "examples_per_s")]
+    parts = [k for k in rows[-1] if k not in NOT_LOSSES]
     for key in parts:
         ax.plot([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r], label=key)
     ax.set_xlabel("step")
