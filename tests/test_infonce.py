@@ -66,9 +66,14 @@ def test_offset_selects_the_local_slice_of_gathered_positives():
 
 
 def test_symmetric_adds_reverse_direction_and_registry():
+    from vlmbed.config import InfoNCEConfig
+    from vlmbed.train.losses import contrastive_loss
+
     q, p = _unit(4, 8, seed=6), _unit(4, 8, seed=7)
-    out = OBJECTIVES["infonce"](q, p, temperature=0.1, symmetric=True)
-    assert set(out) == {"infonce", "infonce_rev"}
+    meta = {"group_ids": torch.arange(4), "negative_owner": torch.zeros(0, dtype=torch.long)}
+    out = contrastive_loss({"query": q, "positive": p}, meta, [InfoNCEConfig(temperature=0.1, symmetric=True)])
+    assert set(out) == {"infonce", "infonce_rev", "loss"}
+    assert torch.allclose(out["infonce"], OBJECTIVES["infonce"](q, p, temperature=0.1)["infonce"])
     assert torch.allclose(out["infonce_rev"], loss(p, q, temperature=0.1)["infonce"])
 
 

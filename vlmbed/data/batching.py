@@ -38,11 +38,6 @@ THRESHOLDS = np.array(sorted({32 * int(1.3**i) for i in range(100)}), dtype=np.f
 # ----------------------------------------------------------------------------- keys and costs
 
 
-def group_key(ex: Example) -> str:
-    """Same key, same answer: equal label within a task, or equal positive content."""
-    return f"label:{ex.task}:{ex.label}" if ex.label is not None else f"pos:{ex.positive.key()}"
-
-
 def group_hash(key: str) -> int:
     """A stable int64 of a group key (equal on every process, unlike per-batch group numbers)."""
     return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "little", signed=True)

@@ -81,11 +81,12 @@ class ContrastiveCollator:
         }
 
 
+def group_key(ex: Example) -> str:
+    """Same key, same answer: equal label within a task, or equal positive content."""
+    return f"label:{ex.task}:{ex.label}" if ex.label is not None else f"pos:{ex.positive.key()}"
+
+
 def group_ids(examples: list[Example]) -> torch.Tensor:
-    """Integer group per example: equal label, or equal positive content, means the same group."""
+    """Integer group per example (numbered in batch order); equal :func:`group_key`, same group."""
     ids: dict[str, int] = {}
-    out = []
-    for ex in examples:
-        key = f"label:{ex.task}:{ex.label}" if ex.label is not None else f"pos:{ex.positive.key()}"
-        out.append(ids.setdefault(key, len(ids)))
-    return torch.tensor(out, dtype=torch.long)
+    return torch.tensor([ids.setdefault(group_key(ex), len(ids)) for ex in examples], dtype=torch.long)

@@ -63,22 +63,13 @@ def loss(
     positive_group_ids: torch.Tensor | None = None,
     temperature: float = 0.05,
     share_negatives: bool = True,
-    symmetric: bool = False,
     offset: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Named loss parts: ``infonce`` (query -> document) and, if symmetric, ``infonce_rev``."""
+    """Named loss part ``infonce`` (query -> document). The reverse direction (``symmetric`` in the
+    config) is this same function with the roles swapped, called by ``train.losses.contrastive_loss``."""
     logits = infonce_logits(
         query, positive, negatives, negative_owner, group_ids, positive_group_ids, temperature,
         share_negatives, offset,
     )
     targets = torch.arange(query.shape[0], device=query.device) + offset  # (B,)
-    out = {"infonce": F.cross_entropy(logits.float(), targets)}
-    if symmetric:
-        # document -> query over the local positives; the same group mask applied transposed
-        rev = positive[offset : offset + query.shape[0]] @ query.T / temperature  # (B, B)
-        if group_ids is not None:
-            same = group_ids.unsqueeze(1) == group_ids.unsqueeze(0)
-            same.fill_diagonal_(False)
-            rev = rev.masked_fill(same, float("-inf"))
-        out["infonce_rev"] = F.cross_entropy(rev.float(), torch.arange(query.shape[0], device=query.device))
-    return out
+    return {"infonce": F.cross_entropy(logits.float(), targets)}

@@ -16,9 +16,8 @@ from vlmbed.data.batching import (
     PositionedDataset,
     example_costs,
     group_hash,
-    group_key,
 )
-from vlmbed.data.collate import ContrastiveCollator
+from vlmbed.data.collate import ContrastiveCollator, group_key
 from vlmbed.data.pretrain import document_costs
 
 
