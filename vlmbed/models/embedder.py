@@ -61,6 +61,13 @@ class EmbedOutput(ModelOutput):
     patch_predictions: torch.Tensor | None = None  # (U_masked, merge**2 * patch_dim) from the patch decoder
 
 
+def _saved_settings(path: Path, overrides: dict) -> dict:
+    """The folder's ``vlmbed.json`` settings (if any), with the non-None ``overrides`` on top."""
+    settings = json.loads((path / SETTINGS_FILE).read_text()) if (path / SETTINGS_FILE).exists() else {}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
 class Embedder(nn.Module):
     """A VLM turned into an embedding model. ``encode(items, role=...)`` is the public entry point."""
 
@@ -93,9 +100,8 @@ class Embedder(nn.Module):
         from vlmbed.models import lora
 
         path = Path(path)
+        settings = _saved_settings(path, overrides)
         if lora.is_adapter_folder(path):
-            settings = json.loads((path / SETTINGS_FILE).read_text()) if (path / SETTINGS_FILE).exists() else {}
-            settings.update({k: v for k, v in overrides.items() if v is not None})
             embedder = cls.from_pretrained(lora.adapter_base(path), dtype=dtype,
                                            attn_implementation=attn_implementation, **settings)
             lora.load_adapter(embedder, path)
@@ -109,10 +115,6 @@ class Embedder(nn.Module):
         if model_type not in BACKBONES:
             raise ValueError(f"{path}: unsupported model type {model_type!r}; supported: {', '.join(BACKBONES)}")
         adapter = BACKBONES[model_type]()
-        settings = {}
-        if (path / SETTINGS_FILE).exists():
-            settings = json.loads((path / SETTINGS_FILE).read_text())
-        settings.update({k: v for k, v in overrides.items() if v is not None})
         model = adapter.load_model(path, dtype=dtype, attn_implementation=attn_implementation)
         processor = adapter.load_processor(path)
         return cls(model, processor, EmbedderSettings(**settings))
