@@ -38,8 +38,7 @@ def pretrain_collator(embedder, stage) -> PretrainCollator:
     a = embedder.adapter
     return PretrainCollator(
         embedder.encoder, mask_token=a.mask_token,
-        extra_special_tokens=["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
-                              a.eos_token, a.mark_token],
+        extra_special_tokens=list(a.special_tokens),
         image_token_id=a.image_token_id(embedder.model),
         merge=int(getattr(embedder.processor.image_processor, "merge_size", 2)),
         mlm_ratio=mlm.ratio if mlm else 0.0, mae_ratio=mae.ratio if mae else 0.0,

@@ -13,6 +13,8 @@ class QwenVLAdapter:
     eos_token = "<|im_end|>"
     mark_token = "<|emb|>"
     mask_token = "<|mask|>"
+    # structural tokens never masked for reconstruction (the tokenizer's own specials come on top)
+    special_tokens = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", eos_token, mark_token)
 
     def load_model(self, path, dtype=None, attn_implementation: str | None = None):
         from transformers import AutoModelForImageTextToText
