@@ -44,6 +44,16 @@ class ModelConfig(Strict):
     append_eos: bool = True
     templates: dict[str, str] | None = None  # per-role templates with {instruction}, {image}, {text}
     max_text_tokens: int | None = 512
+    # every training sequence's bound in tokens, image tokens counted (None: no bound); images are never cut
+    max_length: int | None = Field(None, gt=0)
+    # image resolution bounds in pixels (None: the checkpoint processor's own); applied in training, cost
+    # estimation, eval, encode and serve alike, and saved with the model's processor
+    min_pixels: int | None = Field(None, gt=0)
+    max_pixels: int | None = Field(None, gt=0)
+    # role (mask, mark) -> a token the vocabulary already has, instead of adding vlmbed's <|mask|> / <|emb|>
+    tokens: dict[str, str] | None = None
+    # weights' dtype while training: auto = float32 master weights (mixed precision autocasts the compute);
+    # bfloat16/float16 = pure low-precision training with plain AdamW (small updates are lost: a warning)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: str | None = None
     gradient_checkpointing: bool = False
@@ -130,6 +140,7 @@ class TrainConfig(Strict):
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_ratio: float = Field(0.05, ge=0, le=1)
+    schedule: Literal["cosine", "linear"] = "cosine"  # decay after warm-up, to 0 (linear: HF's, MoCa/CoCoA code)
     max_steps: int | None = None
     epochs: float = 1.0
     grad_clip: float | None = 1.0
@@ -144,6 +155,9 @@ class TrainConfig(Strict):
     gather_across_devices: bool = True  # in-batch negatives from every process (gradient-carrying gather)
     max_nonfinite: int = Field(5, ge=1)  # stop after this many non-finite losses in a row (each is skipped)
     freeze_vision: bool = False  # full fine-tuning of the language model only
+    # micro-batches per optimizer step (gradients summed, each micro-batch's loss divided by this); with
+    # contrastive objectives the negatives stay those of each micro-batch (use GradCache for larger batches)
+    grad_accum: int = Field(1, ge=1)
 
 
 class EvalConfig(Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,14 +29,35 @@ def resolve_model_path(model_cfg, work_dir: Path, previous: Path | None = None) 
     return Path(model_cfg.path)
 
 
-def build_embedder(model_cfg, path: Path) -> Embedder:
-    """Load the stage's model; inject LoRA adapters (``model.lora``) or keep every weight trainable."""
+def training_dtype(model_cfg) -> torch.dtype:
+    """Parameters' dtype for training: fp32 master weights unless low precision is asked for explicitly.
+
+    A released checkpoint's config says bfloat16; AdamW on bf16 parameters rounds away every update
+    smaller than about 2**-8 of the weight (at lr 1e-6 nearly all of them). ``auto`` therefore loads
+    float32 and lets mixed precision (``train.mixed_precision``) run the compute in bf16/fp16.
+    """
+    dtype = DTYPES[model_cfg.dtype] or torch.float32
+    if dtype != torch.float32:
+        warnings.warn(
+            f"model.dtype={model_cfg.dtype}: training {model_cfg.dtype} parameters with plain AdamW; updates "
+            "smaller than the dtype's resolution are lost. For fp32 master weights and low-precision compute use "
+            "model.dtype=auto (or float32) with train.mixed_precision=bf16.", UserWarning, stacklevel=2,
+        )
+    return dtype
+
+
+def build_embedder(model_cfg, path: Path, token_roles=()) -> Embedder:
+    """Load the stage's model for training; add the tokens its ``token_roles`` need (``mask``, ``mark``);
+    inject LoRA adapters (``model.lora``, the added token rows stay trainable) or keep every weight trainable."""
     settings = dict(
         attention=model_cfg.attention,
         pooling=model_cfg.pooling,
         normalize=model_cfg.normalize,
         append_eos=model_cfg.append_eos,
         max_text_tokens=model_cfg.max_text_tokens,
+        tokens=model_cfg.tokens,
+        min_pixels=model_cfg.min_pixels,
+        max_pixels=model_cfg.max_pixels,
     )
     if model_cfg.templates:
         settings["templates"] = model_cfg.templates
@@ -44,8 +66,10 @@ def build_embedder(model_cfg, path: Path) -> Embedder:
         embedder = _load_4bit(model_cfg, path, settings)
     else:
         embedder = Embedder.from_pretrained(
-            path, dtype=DTYPES[model_cfg.dtype], attn_implementation=model_cfg.attn_implementation, **settings
+            path, dtype=training_dtype(model_cfg), attn_implementation=model_cfg.attn_implementation, **settings
         )
+    marks = ("mark",) if any(embedder.tokens["mark"] in t for t in embedder.settings.templates.values()) else ()
+    added = embedder.ensure_tokens((*token_roles, *marks))  # templates that mark positions need <|emb|>
     if model_cfg.gradient_checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(embedder.model, "activation_checkpointing_enable"):  # the transformers >= 5.x name
@@ -60,7 +84,7 @@ def build_embedder(model_cfg, path: Path) -> Embedder:
         if has_lora(embedder.model):
             raise ValueError(f"{path} is a LoRA adapter folder; set model.lora.enabled=false to keep training it, "
                              "or export it merged first")
-        apply_lora(embedder, lora_cfg, base_path=path)
+        apply_lora(embedder, lora_cfg, base_path=path, trainable_tokens=added)
     return embedder
 
 

@@ -22,6 +22,7 @@ from vlmbed.models.adapters import BACKBONES
 from vlmbed.models.attention import build_attention_masks
 from vlmbed.models.heads import PatchDecoder, mlm_logits
 from vlmbed.models.pooling import POOLING, at_positions, marked_positions
+from vlmbed.models.tokens import add_tokens, require_id, role_tokens, token_id
 from vlmbed.types import Item
 
 SETTINGS_FILE = "vlmbed.json"
@@ -37,6 +38,10 @@ class EmbedderSettings:
     append_eos: bool = True  # append the family's EOS token (what last-token pooling reads)
     templates: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
     max_text_tokens: int | None = 512
+    tokens: dict[str, str] | None = None  # role (mask, mark) -> token, over the family adapter's defaults
+    added_tokens: list[str] = field(default_factory=list)  # tokens vlmbed added to the vocabulary, in order
+    min_pixels: int | None = None  # image resolution bounds set on the processor (None: the processor's own)
+    max_pixels: int | None = None
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING:
@@ -83,8 +88,10 @@ class Embedder(nn.Module):
             )
         self.adapter = BACKBONES[model_type]()
         self.heads = nn.ModuleDict()  # training-only heads (not saved with the model)
-        tok = processor.tokenizer
-        self.mark_token_id = tok.convert_tokens_to_ids(self.adapter.mark_token)
+        self.tokens = role_tokens(self.adapter, self.settings.tokens)  # role -> token string
+        # an adapter folder's base model gets the tokens vlmbed added during training (same ids, same rows)
+        add_tokens(model, processor.tokenizer, list(self.settings.added_tokens))
+        self.adapter.set_pixel_bounds(processor, self.settings.min_pixels, self.settings.max_pixels)
         self.encoder = ItemEncoder(
             processor=processor,
             image_placeholder=self.adapter.image_placeholder,
@@ -92,6 +99,29 @@ class Embedder(nn.Module):
             append_eos=self.adapter.eos_token if self.settings.append_eos else None,
             max_text_tokens=self.settings.max_text_tokens,
         )
+
+    # ----------------------------------------------------------------- vlmbed's own tokens
+    @property
+    def mark_token_id(self) -> int | None:
+        """Id of the ``<|emb|>`` (mark role) token, or None when the vocabulary has none."""
+        return token_id(self.processor.tokenizer, self.tokens["mark"])
+
+    def token_id(self, role: str) -> int:
+        """Id of a role's token (``mask``, ``mark``); a clear error when the vocabulary lacks it."""
+        return require_id(self.processor.tokenizer, self.tokens[role], role)
+
+    def ensure_tokens(self, roles) -> list[int]:
+        """Make every role's token part of the vocabulary, adding the default ones that are missing
+        (new embedding rows = mean of the real rows). A token mapped by ``model.tokens`` must exist.
+        Returns the ids added now (LoRA keeps them trainable)."""
+        tok = self.processor.tokenizer
+        wanted = [self.tokens[r] for r in dict.fromkeys(roles)]
+        for role in dict.fromkeys(roles):
+            if (self.settings.tokens or {}).get(role) is not None:
+                require_id(tok, self.tokens[role], role)  # a user's mapping never silently grows the vocabulary
+        added = add_tokens(self.model, tok, wanted)
+        self.settings.added_tokens += [t for t in wanted if token_id(tok, t) in added]
+        return added
 
     # ----------------------------------------------------------------- loading and saving
     @classmethod
@@ -182,7 +212,7 @@ class Embedder(nn.Module):
         pos_ids = self.adapter.position_ids(self.model, inputs)  # (3, B, T)
         hidden = self.adapter.hidden_states(self.model, inputs, masks, pos_ids)  # (B, T, d)
         if isinstance(positions, str):
-            positions = marked_positions(inputs["input_ids"], self.mark_token_id)  # (B, k)
+            positions = marked_positions(inputs["input_ids"], self.token_id("mark"))  # (B, k)
         if positions is not None:
             emb = at_positions(hidden, positions.to(hidden.device))  # (B, k, d)
         else:

@@ -26,6 +26,10 @@ class PatchDecoder(nn.Module):
         super().__init__()
         layers = embedder.adapter.decoder_layers(embedder.model)
         self.layer = copy.deepcopy(layers[len(layers) // 2])
+        # bidirectional under every attention implementation: flash-attention reads the module's flag, the
+        # others the (bidirectional) mask of the forward that this decoder shares
+        if hasattr(self.layer, "self_attn"):
+            self.layer.self_attn.is_causal = False
         d = embedder.hidden_size
         self.proj = nn.Linear(d, merge * merge * patch_dim)
         nn.init.normal_(self.proj.weight, std=0.02)

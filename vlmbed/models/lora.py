@@ -30,6 +30,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 ADAPTER_NAME = "default"
+TOKEN_ROWS = "trainable_tokens_delta"  # peft's name for trained embedding rows (full row values)
+TOKEN_BASE = ".token_adapter.base_layer.weight"  # the wrapped embedding's own weight
 
 
 def _prefix_of(model: nn.Module, sub: nn.Module) -> str:
@@ -58,13 +60,15 @@ def lora_targets(embedder, target: str = "language", modules: list[str] | None =
     return out
 
 
-def apply_lora(embedder, settings, base_path: str | Path | None = None):
-    """Inject LoRA layers per ``settings`` (config.LoraSettings); only adapter weights stay trainable."""
+def apply_lora(embedder, settings, base_path: str | Path | None = None, trainable_tokens: list[int] = ()):
+    """Inject LoRA layers per ``settings`` (config.LoraSettings); only adapter weights stay trainable, plus
+    the embedding rows of ``trainable_tokens`` (tokens vlmbed added: peft's ``trainable_token_indices``)."""
     from peft import LoraConfig
 
     config = LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
         target_modules=lora_targets(embedder, settings.target, settings.modules), bias="none",
+        trainable_token_indices=sorted(trainable_tokens) or None,
     )
     _inject(embedder, config, base_path)
     return config
@@ -78,9 +82,14 @@ def _inject(embedder, config, base_path) -> None:
         p.requires_grad_(False)
     inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
     for name, p in model.named_parameters():
-        p.requires_grad_("lora_" in name)
+        p.requires_grad_(is_adapter_key(name))
     config.base_model_name_or_path = str(Path(base_path).resolve()) if base_path else None
     model.vlmbed_lora_config = config
+
+
+def is_adapter_key(name: str) -> bool:
+    """A parameter the adapter owns: LoRA matrices or trainable token rows."""
+    return "lora_" in name or TOKEN_ROWS in name
 
 
 def has_lora(model: nn.Module) -> bool:
@@ -104,7 +113,11 @@ def merged_state_dict(model: nn.Module, state_dict: dict | None = None) -> dict[
     """The base model's state dict with every adapter folded in: ``W + scaling * B @ A``."""
     sd = state_dict if state_dict is not None else model.state_dict()
     scalings = lora_scalings(model)
-    out = {k: v for k, v in sd.items() if "lora_" not in k and ".base_layer." not in k}
+    out = {k: v for k, v in sd.items() if not is_adapter_key(k) and ".base_layer." not in k}
+    for name, index in token_rows(model).items():  # embedding rows of added tokens: written in place
+        weight = sd[name + TOKEN_BASE].clone()  # (V, d)
+        rows = sd[f"{name}.token_adapter.{TOKEN_ROWS}.{ADAPTER_NAME}"]  # (n, d)
+        out[f"{name}.weight"] = weight.index_copy(0, index.to(weight.device), rows.to(weight))
     for name, scale in scalings.items():
         base = sd[f"{name}.base_layer.weight"]
         a = sd[f"{name}.lora_A.{ADAPTER_NAME}.weight"].float()  # (r, in)
@@ -115,11 +128,26 @@ def merged_state_dict(model: nn.Module, state_dict: dict | None = None) -> dict[
     return out
 
 
+def token_rows(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Module name -> token indices (n,) of every embedding whose added-token rows are trained."""
+    from peft.utils.other import TrainableTokensWrapper
+
+    return {name: torch.tensor(module.token_adapter.token_indices[ADAPTER_NAME], dtype=torch.long)
+            for name, module in model.named_modules() if isinstance(module, TrainableTokensWrapper)}
+
+
+def _peft_key(key: str) -> str:
+    """Live state-dict key -> PEFT's saved key (no adapter name; token rows under the wrapped module)."""
+    key = key.replace(f".{ADAPTER_NAME}.", ".")
+    if key.endswith(f".{TOKEN_ROWS}.{ADAPTER_NAME}"):
+        key = key[: -len(ADAPTER_NAME) - 1]
+    return PEFT_PREFIX + key
+
+
 def adapter_state_dict(model: nn.Module, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
     """Adapter weights under PEFT's saved key names."""
     sd = state_dict if state_dict is not None else model.state_dict()
-    return {PEFT_PREFIX + k.replace(f".{ADAPTER_NAME}.", "."): v.detach().cpu().contiguous()
-            for k, v in sd.items() if "lora_" in k}
+    return {_peft_key(k): v.detach().cpu().contiguous() for k, v in sd.items() if is_adapter_key(k)}
 
 
 def save_adapter(model: nn.Module, path: str | Path, state_dict: dict | None = None) -> Path:
@@ -159,8 +187,8 @@ def load_adapter(embedder, path: str | Path) -> None:
     config = LoraConfig.from_pretrained(str(path))
     _inject(embedder, config, config.base_model_name_or_path)
     saved = load_file(str(path / ADAPTER_WEIGHTS))
-    own = {k: v for k, v in embedder.model.state_dict().items() if "lora_" in k}
-    remap = {PEFT_PREFIX + k.replace(f".{ADAPTER_NAME}.", "."): k for k in own}
+    own = {k: v for k, v in embedder.model.state_dict().items() if is_adapter_key(k)}
+    remap = {_peft_key(k): k for k in own}
     missing = sorted(set(remap) - set(saved))
     unexpected = sorted(set(saved) - set(remap))
     if missing or unexpected:

@@ -142,7 +142,7 @@ class GradCache:
         reps, states = self.embed(encode, chunks)
         parts = loss_fn(reps)
         loss = parts["loss"]
-        if not _finite_everywhere(loss):
+        if not finite_everywhere(loss):
             return StepOutput({k: v.detach() for k, v in parts.items()}, finite=False)
         roles = list(reps)
         grads = torch.autograd.grad(loss, [reps[r] for r in roles], allow_unused=True)
@@ -184,7 +184,7 @@ class GradCache:
                 backward(surrogate if idle is None else surrogate + idle, last)
 
 
-def _finite_everywhere(loss: torch.Tensor) -> bool:
+def finite_everywhere(loss: torch.Tensor) -> bool:
     """Every process agrees, so that all of them skip a non-finite step together."""
     return not dist.any_true(not bool(torch.isfinite(loss.detach()).all()))
 
@@ -207,7 +207,7 @@ def full_batch_step(encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backw
                 idle = zero if idle is None else idle + zero
         parts = loss_fn(reps)
         loss = parts["loss"] if idle is None else parts["loss"] + idle
-        if not _finite_everywhere(loss):
+        if not finite_everywhere(loss):
             return StepOutput({k: v.detach() for k, v in parts.items()}, finite=False)
         backward(loss, True)
     return StepOutput({k: v.detach() for k, v in parts.items()}, finite=True)

@@ -40,10 +40,11 @@ from vlmbed.train.checkpoint import (
     save_checkpoint,
 )
 from vlmbed.train.data import build_loader, build_plan
-from vlmbed.train.gradcache import GradCache, full_batch_step, image_stand_in
+from vlmbed.train.gradcache import GradCache, StepOutput, full_batch_step, image_stand_in
 from vlmbed.train.losses import CONTRASTIVE_ROLES, contrastive_loss, global_mean_parts
 from vlmbed.train.optim import build_optimizer, build_scheduler
-from vlmbed.train.reconstruction import prepare_heads, reconstruction_step
+from vlmbed.train.presets import set_deepspeed_grad_clip
+from vlmbed.train.reconstruction import prepare_heads, reconstruction_step, token_roles
 
 
 class NonFiniteLossError(ValueError):
@@ -121,7 +122,7 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
     stage_dir = Path(stage_dir)
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
-    embedder = build_embedder(stage.model, model_path)
+    embedder = build_embedder(stage.model, model_path, token_roles=token_roles(stage))
     if stage.is_reconstruction:
         prepare_heads(embedder, stage)  # training-only heads (patch decoder), before the optimizer
     if cfg.freeze_vision:
@@ -135,14 +136,16 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
         plan = build_plan(stage, examples, embedder, accelerator.num_processes, accelerator.process_index,
                           stage_dir.parent / "cache")
     loader, sampler = build_loader(stage, examples, embedder, plan)
-    steps_per_epoch = len(plan)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    steps_per_epoch = len(plan)  # batches; an optimizer step takes train.grad_accum of them
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch / cfg.grad_accum))
     optimizer = build_optimizer(embedder, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
-    model, optimizer, scheduler = prepare(accelerator, embedder, optimizer, scheduler, stage.data.batch_size)
+    model, optimizer, scheduler = prepare(accelerator, embedder, optimizer, scheduler, stage.data.batch_size,
+                                          cfg.grad_clip)
     unwrapped = accelerator.unwrap_model(model)
     accelerator.print(f"training {stage.name}: {accelerator.distributed_type.value} x {accelerator.num_processes}, "
-                      f"{steps_per_epoch} steps/epoch, {total_steps} steps, GradCache chunk {cfg.gradcache_chunk}")
+                      f"{steps_per_epoch} batches/epoch, {total_steps} steps of {cfg.grad_accum} batch(es), "
+                      f"GradCache chunk {cfg.gradcache_chunk}")
     # sharded engines gather a module's weights on every call: a chunk without images runs a stand-in image
     # wherever another process's chunk has one, so the vision tower runs on every process
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
@@ -170,24 +173,36 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
     sync = _sync_context(accelerator, model)
 
     def backward(loss: torch.Tensor, last: bool) -> None:
-        accelerator.backward(loss)
+        accelerator.backward(loss / cfg.grad_accum)  # micro-batch gradients sum to the step's mean
+
+    def micro_step(batch: dict, last_micro: bool):
+        """Forward + backward of one batch; gradients are reduced across processes only at the step's last."""
+        roles = {r: batch.get(r) for r in CONTRASTIVE_ROLES}
+        micro_sync = (lambda last: sync(last and last_micro)) if cfg.grad_accum > 1 else sync
+
+        def loss_fn(reps: dict) -> dict:
+            return contrastive_loss(reps, batch, stage.objectives, gather=cfg.gather_across_devices)
+
+        if stage.is_reconstruction:
+            with micro_sync(True):
+                return reconstruction_step(model, batch, stage, backward, image_stand_in=stand_in)
+        if cfg.gradcache_chunk:
+            return engine.step(encode, roles, loss_fn, backward, micro_sync)
+        return full_batch_step(encode, roles, loss_fn, backward, micro_sync, image_stand_in=stand_in)
 
     start, seen, last_loss = time.time(), 0, float("nan")
     batches = iter(loader)
     while progress.step < total_steps:
-        batch = next(batches)
-        roles = {r: batch.get(r) for r in CONTRASTIVE_ROLES}
-
-        def loss_fn(reps: dict, batch=batch) -> dict:
-            return contrastive_loss(reps, batch, stage.objectives, gather=cfg.gather_across_devices)
-
-        if stage.is_reconstruction:
-            out = reconstruction_step(model, batch, stage, backward)
-        elif cfg.gradcache_chunk:
-            out = engine.step(encode, roles, loss_fn, backward, sync)
-        else:
-            out = full_batch_step(encode, roles, loss_fn, backward, sync, image_stand_in=stand_in)
-        progress.advance(batch["position"])
+        outs, rows = [], 0
+        for micro in range(cfg.grad_accum):
+            batch = next(batches)
+            outs.append(micro_step(batch, micro == cfg.grad_accum - 1))
+            progress.advance(batch["position"])
+            rows += int(batch["inputs" if stage.is_reconstruction else "query"]["input_ids"].shape[0])
+            if not outs[-1].finite:  # agreed on by every process, so all stop accumulating together
+                break
+        out = StepOutput({k: torch.stack([o.parts[k] for o in outs]).mean() for k in outs[-1].parts},
+                         finite=all(o.finite for o in outs))
         finite = out.finite and _finite_grad_norm(accelerator, model, cfg.grad_clip)
         if not finite and not (out.finite and accelerator.scaler is not None):
             _skip_update(accelerator, optimizer, progress, cfg.max_nonfinite, out.parts)
@@ -200,7 +215,7 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
         progress.nonfinite_in_row = 0
         scheduler.step()
         progress.step += 1
-        seen += sum(dist.gather_sizes(int(batch["inputs" if stage.is_reconstruction else "query"]["input_ids"].shape[0])))
+        seen += sum(dist.gather_sizes(rows))
         parts = global_mean_parts(out.parts)
         last_loss = parts["loss"]
         if progress.step % cfg.log_every == 0 or progress.step == total_steps:
@@ -222,11 +237,12 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
                        progress.nonfinite_total)
 
 
-def prepare(accelerator, embedder, optimizer, scheduler, batch_size: int):
+def prepare(accelerator, embedder, optimizer, scheduler, batch_size: int, grad_clip: float | None = None):
     """accelerator.prepare, told what it cannot infer from a loader it does not shard."""
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # the loader is ours (the plan shards it), so DeepSpeed is told the micro-batch size directly
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
+        set_deepspeed_grad_clip(accelerator.state.deepspeed_plugin.deepspeed_config, grad_clip)  # the engine clips
     # FSDP wraps the backbone's own layer classes (decoder layers, vision blocks)
     embedder._no_split_modules = list(getattr(embedder.model, "_no_split_modules", None) or [])
     return accelerator.prepare(embedder, optimizer, scheduler)

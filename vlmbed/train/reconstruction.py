@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
+from vlmbed import dist
 from vlmbed.data.pretrain import PretrainCollator
 from vlmbed.objectives import OBJECTIVES
 from vlmbed.objectives.mlm import prediction_positions
-from vlmbed.train.gradcache import StepOutput
+from vlmbed.train.chunks import concat_rows, has_media
+from vlmbed.train.gradcache import StepOutput, finite_everywhere
 
 
 def objective(stage, name: str):
@@ -33,12 +35,19 @@ def prepare_heads(embedder, stage) -> None:
         embedder.add_patch_decoder(patch_dim(embedder.processor), merge=merge)
 
 
+def token_roles(stage) -> tuple[str, ...]:
+    """vlmbed's own tokens a stage needs in the vocabulary: ``mask`` for MLM (added when missing)."""
+    return ("mask",) if objective(stage, "mlm") is not None else ()
+
+
 def pretrain_collator(embedder, stage) -> PretrainCollator:
     mlm, mae = objective(stage, "mlm"), objective(stage, "mae")
     a = embedder.adapter
+    if mlm is not None:
+        embedder.token_id("mask")  # a clear error naming the token, never a None id in masked_fill
     return PretrainCollator(
-        embedder.encoder, mask_token=a.mask_token,
-        extra_special_tokens=list(a.special_tokens),
+        embedder.encoder, mask_token=embedder.tokens["mask"],
+        extra_special_tokens=[*a.special_tokens, *embedder.tokens.values()],
         image_token_id=a.image_token_id(embedder.model),
         merge=int(getattr(embedder.processor.image_processor, "merge_size", 2)),
         mlm_ratio=mlm.ratio if mlm else 0.0, mae_ratio=mae.ratio if mae else 0.0,
@@ -60,9 +69,31 @@ class DocumentCollator:
         return out
 
 
-def reconstruction_losses(out, batch: dict, stage) -> dict[str, torch.Tensor]:
+def add_image_stand_in(batch: dict, stand_in: dict | None) -> int:
+    """Sharded engines (FSDP, ZeRO-3) gather the vision tower's weights whenever it runs, so every process
+    must run it: a text-only batch gets a stand-in image row wherever another process's batch has images
+    (MoCa appends a black image for the same reason). Returns the stand-in rows appended (0 or 1); the
+    losses ignore them except for a zero-weighted term that carries (zero) gradients through the tower."""
+    if stand_in is None or not dist.is_distributed():
+        return 0
+    inputs = batch["inputs"]
+    needed = dist.max_across([int(has_media(inputs))])[0]
+    if not needed or has_media(inputs):
+        return 0
+    batch["inputs"] = concat_rows(inputs, stand_in)
+    width = batch["inputs"]["input_ids"].shape[1]
+    mask = batch["image_token_mask"]  # (B, T) -> (B + 1, T'): the stand-in's image tokens are never targets
+    grown = mask.new_zeros((mask.shape[0] + 1, width))
+    grown[: mask.shape[0], : mask.shape[1]] = mask
+    batch["image_token_mask"] = grown
+    return 1
+
+
+def reconstruction_losses(out, batch: dict, stage, stand_in_rows: int = 0) -> dict[str, torch.Tensor]:
     parts: dict[str, torch.Tensor] = {}
     total = out.hidden.new_zeros((), dtype=torch.float32)
+    if stand_in_rows:
+        total = total + 0.0 * out.hidden[-stand_in_rows:].float().sum()
     for obj in stage.objectives:
         if obj.name == "mlm":
             _, _, targets = prediction_positions(batch["mlm_labels"], obj.shift)
@@ -79,8 +110,9 @@ def reconstruction_losses(out, batch: dict, stage) -> dict[str, torch.Tensor]:
     return parts
 
 
-def reconstruction_step(model, batch: dict, stage, backward) -> StepOutput:
+def reconstruction_step(model, batch: dict, stage, backward, image_stand_in: dict | None = None) -> StepOutput:
     """One forward on the doubly-masked batch, the weighted losses, one backward."""
+    extra = add_image_stand_in(batch, image_stand_in)
     mlm = objective(stage, "mlm")
     token_positions = None
     if mlm is not None:
@@ -91,8 +123,8 @@ def reconstruction_step(model, batch: dict, stage, backward) -> StepOutput:
         masked_units = (batch["image_token_mask"], batch["unit_mask"])
     out = model(batch["inputs"], attention=stage.model.attention, token_positions=token_positions,
                 masked_units=masked_units)
-    parts = reconstruction_losses(out, batch, stage)
-    if not bool(torch.isfinite(parts["loss"]).all()):
+    parts = reconstruction_losses(out, batch, stage, extra)
+    if not finite_everywhere(parts["loss"]):
         return StepOutput({k: v.detach() for k, v in parts.items()}, finite=False)
     backward(parts["loss"], True)
     return StepOutput({k: v.detach() for k, v in parts.items()}, finite=True)

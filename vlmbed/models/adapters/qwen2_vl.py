@@ -33,6 +33,27 @@ class QwenVLAdapter:
         processor.tokenizer.padding_side = "right"
         return processor
 
+    def set_pixel_bounds(self, processor, min_pixels: int | None, max_pixels: int | None) -> None:
+        """Image resolution bounds (pixels) on the image processor; saved with it (preprocessor_config)."""
+        ip = processor.image_processor
+        if min_pixels is None and max_pixels is None:
+            return
+        lo = min_pixels if min_pixels is not None else ip.size["shortest_edge"]
+        hi = max_pixels if max_pixels is not None else ip.size["longest_edge"]
+        if lo > hi:
+            raise ValueError(f"model.min_pixels={lo} is above model.max_pixels={hi}")
+        ip.size = {"shortest_edge": int(lo), "longest_edge": int(hi)}
+
+    def image_factor(self, processor) -> int:
+        """Side (pixels) of one language-model image token: patch size x spatial merge."""
+        ip = processor.image_processor
+        return int(ip.patch_size) * int(ip.merge_size)
+
+    def image_tokens(self, processor, width: int, height: int) -> int:
+        """Language-model tokens of an image of this size after the processor's resize (its pixel bounds)."""
+        ip = processor.image_processor
+        return ip.get_number_of_image_patches(height, width, {}) // int(ip.merge_size) ** 2
+
     def base(self, model):
         """The multimodal base model (vision tower + language model, no LM head)."""
         return model.model
