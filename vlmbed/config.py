@@ -43,6 +43,9 @@ class ModelConfig(Strict):
     normalize: bool = True
     append_eos: bool = True
     templates: dict[str, str] | None = None  # per-role templates with {instruction}, {image}, {text}
+    # per-role chat formats rendered by the processor's chat template, e.g.
+    # {query: {system: "{instruction}", generation_prompt: false, suffix: "<|endoftext|>"}} (docs/recipes.md)
+    chat: dict[str, dict[str, str | bool]] | None = None
     max_text_tokens: int | None = 512
     # every training sequence's bound in tokens, image tokens counted (None: no bound); images are never cut
     max_length: int | None = Field(None, gt=0)
@@ -61,20 +64,31 @@ class ModelConfig(Strict):
 
 
 class SourceConfig(Strict):
-    # jsonl / digits: contrastive pairs; documents / digits_unlabeled: pre-training documents
-    format: Literal["digits", "jsonl", "documents", "digits_unlabeled"] = "jsonl"
-    path: str | None = None  # file for jsonl / documents
+    """One data source (see docs/data-formats.md). Contrastive pairs: jsonl, mmeb_train, table, digits;
+    pre-training documents: documents, digits_unlabeled."""
+
+    format: Literal["digits", "jsonl", "mmeb_train", "table", "documents", "digits_unlabeled"] = "jsonl"
+    path: str | None = None  # jsonl / documents: a file; mmeb_train / table: a folder or one file
+    image_root: str | None = None  # mmeb_train / table: folder image paths are relative to
+    subsets: list[str] | None = None  # mmeb_train: subset folders to read (None: every subset under path)
+    columns: dict[str, str] | None = None  # table: Example field -> column name (e.g. {query: question})
+    task: str | None = None  # jsonl / table: task of records without one (default: the file or folder name)
     tasks: list[str] | None = None  # digits: subset of task names
-    split: str = "train"
+    split: str | None = None  # digits: train | test (default train); mmeb_train: original (default) | ...
     weight: float = 1.0
     max_examples: int | None = None
+    max_per_task: int | None = Field(None, gt=0)  # first N of each task (VLM2Vec's --num_sample_per_subset)
     label_fraction: float = Field(1.0, gt=0, le=1)  # digits: keep pairs for this fraction of the images
     label_seed: int = 0  # digits: which images keep their pairs
 
     @model_validator(mode="after")
     def _needs_path(self):
-        if self.format in ("jsonl", "documents") and not self.path:
+        if self.format in ("jsonl", "documents", "mmeb_train", "table") and not self.path:
             raise ValueError(f"a {self.format} data source needs `path`")
+        for key, formats in (("subsets", ("mmeb_train",)), ("columns", ("table",)),
+                             ("image_root", ("mmeb_train", "table"))):
+            if getattr(self, key) is not None and self.format not in formats:
+                raise ValueError(f"`{key}` applies to {' / '.join(formats)} sources, not {self.format}")
         return self
 
     @property
@@ -98,7 +112,8 @@ class DataConfig(Strict):
     sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig(format="digits")])
     batch_size: int = Field(32, gt=0)
     num_negatives: int | None = None  # explicit hard negatives per query (None: all the record has)
-    on_bad_image: Literal["error", "skip"] = "error"
+    on_bad_image: Literal["error", "skip"] = "error"  # skip: drop (and count) records whose image is bad
+    image_check: Literal["exists", "header", "none"] = "exists"  # at load; images are decoded in the loader
     num_workers: int = 0
     seed: int = 0
     batching: BatchingConfig = Field(default_factory=BatchingConfig)

@@ -58,6 +58,8 @@ def build_embedder(model_cfg, path: Path, token_roles=()) -> Embedder:
         tokens=model_cfg.tokens,
         min_pixels=model_cfg.min_pixels,
         max_pixels=model_cfg.max_pixels,
+        max_length=model_cfg.max_length,
+        chat=model_cfg.chat,
     )
     if model_cfg.templates:
         settings["templates"] = model_cfg.templates

@@ -42,6 +42,8 @@ class EmbedderSettings:
     added_tokens: list[str] = field(default_factory=list)  # tokens vlmbed added to the vocabulary, in order
     min_pixels: int | None = None  # image resolution bounds set on the processor (None: the processor's own)
     max_pixels: int | None = None
+    max_length: int | None = None  # tokens per sequence, image tokens counted (the item's text is cut to fit)
+    chat: dict[str, dict] | None = None  # role -> chat format rendered by the processor's chat template
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING:
@@ -98,6 +100,9 @@ class Embedder(nn.Module):
             templates=self.settings.templates,
             append_eos=self.adapter.eos_token if self.settings.append_eos else None,
             max_text_tokens=self.settings.max_text_tokens,
+            chat=self.settings.chat,
+            max_length=self.settings.max_length,
+            image_tokens=lambda width, height: self.adapter.image_tokens(processor, width, height),
         )
 
     # ----------------------------------------------------------------- vlmbed's own tokens
