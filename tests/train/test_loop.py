@@ -88,3 +88,28 @@ def test_scheduler_steps_once_per_step(tiny_model_dir, tmp_path):
     rows = [json.loads(line) for line in (run.stage_dir / "metrics.jsonl").read_text().splitlines()]
     assert [round(r["lr"] / 1e-3, 4) for r in rows] == [1.0, 1.0, 0.5, 0.0]
     assert torch.isfinite(torch.tensor([r["loss"] for r in rows])).all()
+
+
+def _grads_at_each_step(monkeypatch, recipe) -> list[torch.Tensor]:
+    """The flattened gradient the optimizer sees at every step of a run."""
+    seen: list[torch.Tensor] = []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        seen.append(torch.cat([p.grad.flatten() for g in self.param_groups for p in g["params"]
+                               if p.grad is not None]).clone())
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    train(recipe)
+    return seen
+
+
+def test_gradient_accumulation_averages_the_micro_batch_gradients(tiny_model_dir, tmp_path, monkeypatch):
+    # lr ~ 0: the weights do not move, so the two single-batch steps see the same model as the accumulated one
+    common = dict(lr=1e-30, grad_clip=None, warmup_ratio=0.0)
+    g1, g2 = _grads_at_each_step(monkeypatch, _recipe(tiny_model_dir, tmp_path / "a", max_steps=2, **common))
+    (both,) = _grads_at_each_step(monkeypatch, _recipe(tiny_model_dir, tmp_path / "b", max_steps=1, grad_accum=2,
+                                                       **common))
+    assert not torch.allclose(g1, g2, atol=1e-6)  # two different batches
+    assert torch.allclose(both, (g1 + g2) / 2, atol=1e-6, rtol=1e-4)
