@@ -31,7 +31,7 @@ def build_attention_masks(
     shape_only = torch.empty((batch, length, 0), dtype=dtype, device=attention_mask.device)  # (B, T, 0)
     if mode == "causal":
         mask = create_causal_mask(
-            config=text_config, inputs_embeds=shape_only, attention_mask=attention_mask, past_key_values=None,
+            config=text_config, inputs_embeds=shape_only, attention_mask=attention_mask, cache=None,
             position_ids=None,
         )
     elif mode == "bidirectional":

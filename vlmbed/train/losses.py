@@ -34,6 +34,10 @@ def contrastive_loss(reps: dict, meta: dict, objectives, gather: bool = True) ->
         n = q.new_zeros((0, q.shape[-1]))  # (0, d): every process takes part in the same gathers
     groups = meta["group_ids"].to(q.device)  # (B,)
     owner = meta["negative_owner"].to(q.device)  # (N,)
+    # content keys of positives (B,) and hard negatives (N,): a hard negative repeating a positive of the
+    # query's group is masked like an in-batch false negative (objectives/infonce.py)
+    pkeys, nkeys = (meta[k].to(q.device) if meta.get(k) is not None else None
+                    for k in ("positive_keys", "negative_keys"))
     gathered = gather and dist.is_distributed()
     if gathered:
         sizes = dist.gather_sizes(q.shape[0])
@@ -45,6 +49,8 @@ def contrastive_loss(reps: dict, meta: dict, objectives, gather: bool = True) ->
         n_all = dist.all_gather_with_grad(n, nsizes) if max(nsizes) > 0 else n  # (sum N, d)
         owner_all = dist.all_gather_no_grad(owner + offset, nsizes) if max(nsizes) > 0 else owner
         scale = len(sizes) * q.shape[0] / max(1, sum(sizes))
+        pkeys = dist.all_gather_no_grad(pkeys, sizes) if pkeys is not None else None  # (sum B,)
+        nkeys = dist.all_gather_no_grad(nkeys, nsizes) if nkeys is not None and max(nsizes) > 0 else nkeys
     else:
         offset, p_all, q_all, groups_all, n_all, owner_all, scale = 0, p, q, groups, n, owner, 1.0
     parts: dict[str, torch.Tensor] = {}
@@ -56,7 +62,7 @@ def contrastive_loss(reps: dict, meta: dict, objectives, gather: bool = True) ->
         fn = OBJECTIVES[obj.name]
         out = fn(q, p_all, negatives=n_all if n_all.shape[0] else None, negative_owner=owner_all,
                  group_ids=groups if masked else None, positive_group_ids=groups_all if masked else None,
-                 offset=offset, **params)
+                 offset=offset, positive_keys=pkeys, negative_keys=nkeys, **params)
         if symmetric:  # documents -> queries of the whole (gathered) batch, no hard negatives
             rev = fn(p, q_all, group_ids=groups if masked else None,
                      positive_group_ids=groups_all if masked else None, offset=offset,

@@ -1,4 +1,9 @@
-"""AdamW with decoupled weight decay (none on biases and norms) and a warm-up + cosine schedule."""
+"""AdamW with decoupled weight decay (none on biases and norms) and a warm-up + decay schedule.
+
+``train.schedule`` picks the decay after the warm-up: ``cosine`` (to 0) or ``linear`` (to 0, exactly
+Hugging Face's ``get_linear_schedule_with_warmup``, the schedule of the MoCa and CoCoA code). Warm-up
+length is ``ceil(warmup_ratio * total_steps)``, as the HF Trainer computes it.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +23,35 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
 
 
 def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
-    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, then cosine decay to ``floor``."""
+    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, then cosine decay to ``floor``.
+
+    ``(step + 1) / warmup`` for ``step < warmup``; then ``floor + (1 - floor) * (1 + cos(pi * t)) / 2``
+    with ``t = min(1, (step - warmup) / (total - warmup))``.
+    """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def warmup_linear(step: int, total: int, warmup: int) -> float:
+    """LR multiplier of HF ``get_linear_schedule_with_warmup``: ``step / warmup`` for ``step < warmup``,
+    then ``max(0, (total - step) / (total - warmup))``, reaching 0 at ``step = total``."""
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear}
+
+
+def warmup_steps(cfg, total_steps: int) -> int:
+    return math.ceil(cfg.warmup_ratio * total_steps)
+
+
 def build_scheduler(optimizer, cfg, total_steps: int):
-    warmup = int(round(cfg.warmup_ratio * total_steps))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup))
+    """LambdaLR stepping once per optimizer step with ``SCHEDULES[cfg.schedule]``."""
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown train.schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    fn, warmup = SCHEDULES[cfg.schedule], warmup_steps(cfg, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: fn(s, total_steps, warmup))
