@@ -26,6 +26,7 @@ from vlmbed.models.tokens import add_tokens, require_id, role_tokens, token_id
 from vlmbed.types import Item
 
 SETTINGS_FILE = "vlmbed.json"
+CHAT_KEYS = {"system", "user", "generation_prompt", "suffix"}
 
 
 @dataclass
@@ -50,6 +51,10 @@ class EmbedderSettings:
             raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING)}")
         if self.attention not in ("causal", "bidirectional"):
             raise ValueError(f"unknown attention {self.attention!r}; choose causal or bidirectional")
+        for role, spec in (self.chat or {}).items():
+            unknown = set(spec or {}) - CHAT_KEYS
+            if unknown:
+                raise ValueError(f"model.chat.{role}: unknown key(s) {sorted(unknown)}; known: {sorted(CHAT_KEYS)}")
 
 
 @dataclass
