@@ -49,7 +49,10 @@ def test_corrupt_image_fails_naming_file_and_line(tmp_path, image_dir):
         {"query": "broken", "positive_image": "imgs/corrupt.png"},
     ])
     with pytest.raises(ImageLoadError, match=rf"{path}:2: .*corrupt\.png"):
-        read_jsonl(path)
+        read_jsonl(path, image_check="header")  # the header check opens the file at load
+    exs = read_jsonl(path)  # the default check (existence) does not decode: the loader will
+    with pytest.raises(ImageLoadError, match=rf"corrupt\.png \({path}:2\)"):
+        exs[1].positive.load_image()
 
 
 def test_missing_image_fails_naming_file_and_line(tmp_path, image_dir):
@@ -66,7 +69,7 @@ def test_bad_images_are_skipped_and_counted_when_configured(tmp_path, image_dir)
         {"query": "fine again", "positive": "text"},
     ])
     stats = ReadStats()
-    exs = read_jsonl(path, on_bad_image="skip", stats=stats)
+    exs = read_jsonl(path, on_bad_image="skip", image_check="header", stats=stats)
     assert [e.query.text for e in exs] == ["fine", "fine again"]
     assert stats.read == 2 and stats.skipped == 2
     assert f"{path}:2" in stats.reasons[0] and f"{path}:3" in stats.reasons[1]

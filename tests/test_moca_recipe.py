@@ -48,6 +48,7 @@ def attention_modes(monkeypatch):
 def test_paper_recipe_builds_and_runs_on_tiny_qwen25(moca_files, tiny_model_dir_25, attention_modes, tmp_path):
     recipe = load_recipe("moca", [
         f"output_dir={tmp_path / 'run'}", "train.progress=false", "train.max_steps=2", "model.dtype=float32",
+        "model.min_pixels=4096", "model.max_pixels=16384",  # the tiny model has 4-pixel patches
         f"stages.cpt.model.path={tiny_model_dir_25}",
         f"stages.cpt.data.sources=[{{format: documents, path: {moca_files / 'cpt.jsonl'}}}]",
         "stages.cpt.data.batching.max_tokens=600",

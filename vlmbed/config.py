@@ -124,7 +124,8 @@ class InfoNCEConfig(Strict):
     weight: float = 1.0
     temperature: float = Field(0.05, gt=0)
     share_negatives: bool = True  # hard negatives of every query are negatives for all queries
-    mask_same_group: bool = True  # in-batch items sharing the positive/label are not negatives
+    mask_same_group: bool = True  # in-batch items sharing the positive/label, and hard negatives repeating
+    # a positive of the query's group, are not negatives
     symmetric: bool = False  # add the document -> query direction
 
 

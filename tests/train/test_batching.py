@@ -119,3 +119,44 @@ def test_costs_from_the_processor_are_cached(embedder, tmp_path, monkeypatch):
 
     monkeypatch.setattr(CostModel, "__call__", measured)
     assert (example_costs(exs, CostModel(embedder.encoder, kind="tokens"), 2, tmp_path) == costs).all()
+
+
+def _small_task(n_big=64, n_small=5):
+    return ["big"] * n_big + ["small"] * n_small
+
+
+def test_a_task_smaller_than_one_global_batch_is_repeated_to_fill_one(capsys):
+    tasks = _small_task()
+    plan = BatchPlan(len(tasks), BatchingSpec(batch_size=4, homogeneous=True), world=2, seed=0, tasks=tasks)
+    small = [gb for gb in plan.epoch(0) if tasks[gb[0][0]] == "small"]
+    assert len(small) == 1 and [len(p) for p in small[0]] == [4, 4]
+    members = [i for part in small[0] for i in part]
+    assert set(members) == set(range(64, 69))  # all five, three of them twice
+    assert len([gb for gb in plan.epoch(0) if tasks[gb[0][0]] == "big"]) == 8
+    out = capsys.readouterr().out
+    assert out.count("note:") == 1 and "task 'small' has 5 examples" in out and "repeated" in out
+    plan.epoch(1)
+    assert capsys.readouterr().out == ""  # noted once per plan
+    BatchPlan(len(tasks), BatchingSpec(batch_size=4, homogeneous=True), world=2, rank=1, tasks=tasks).epoch(0)
+    assert capsys.readouterr().out == ""  # only the first process prints
+
+
+def test_small_tasks_fill_token_budget_and_weighted_batches_too():
+    tasks = _small_task(n_big=300, n_small=3)
+    costs = np.tile([[10.0, 10.0, 0.0, 0.0]], (len(tasks), 1))
+    spec = BatchingSpec(mode="token_budget", max_tokens=100, homogeneous=True)
+    plan = BatchPlan(len(tasks), spec, world=2, seed=0, tasks=tasks, costs=costs)
+    small = [gb for gb in plan.epoch(0) if tasks[gb[0][0]] == "small"]
+    assert len(small) == 1 and all(padded_cost(costs[p]) <= 100 for p in small[0])
+    assert {i for p in small[0] for i in p} == {300, 301, 302} and sum(len(p) for p in small[0]) == 10
+    weighted = BatchPlan(len(tasks), BatchingSpec(batch_size=8, homogeneous=True,
+                                                  task_weights={"big": 1, "small": 1}), seed=0, tasks=tasks)
+    assert {tasks[gb[0][0]] for gb in weighted.epoch(0)} == {"big", "small"}
+
+
+def test_a_small_task_that_repetition_cannot_fill_is_an_error_naming_it():
+    tasks = _small_task()
+    keys = [f"k{i}" for i in range(64)] + ["same"] * 5  # unique positives: one distinct positive
+    spec = BatchingSpec(batch_size=4, homogeneous=True, unique_positives=True)
+    with pytest.raises(ValueError, match=r"task 'small' has too few distinct positives"):
+        BatchPlan(len(tasks), spec, world=2, tasks=tasks, keys=keys).epoch(0)

@@ -13,145 +13,40 @@ a sequence is ``text_tokens + 4 * image_tokens + 2 * images``; ``tokens`` is its
 grouped into buckets of similar cost per role (thresholds ``32 * int(1.3 ** i)``, as MoCa), and a
 device's micro-batch takes examples of one bucket while its *padded* cost, the sum over roles of
 ``rows * longest row``, stays within ``max_tokens``. Bucket remainders are pooled and packed by cost
-at the end of the epoch, so few examples are dropped.
+at the end of the epoch, so few examples are dropped. Costs are clipped at ``model.max_length``.
+
+Task-homogeneous batches (``homogeneous``, or ``task_weights``): every global batch comes from one
+task. A task too small to fill one global batch is repeated to fill exactly one per epoch, with a
+printed note naming it (never dropped silently); a task's last partial batch waits for the next
+epoch's shuffle, as in fixed batching.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from vlmbed.types import Example, Item
+# costs live in their own module; re-exported here, where the planner's users look for them
+from vlmbed.data.costs import CostModel, example_costs, image_size, padded_cost, padding_waste
+from vlmbed.types import Example
+
+__all__ = ["ROLES", "THRESHOLDS", "BatchPlan", "BatchingSpec", "CostModel", "PlanSampler", "PositionedDataset",
+           "bucket_of", "example_costs", "group_hash", "image_size", "pack", "padded_cost", "padding_waste"]
 
 ROLES = ("query", "positive", "negatives")
 THRESHOLDS = np.array(sorted({32 * int(1.3**i) for i in range(100)}), dtype=np.float64)
 
 
-# ----------------------------------------------------------------------------- keys and costs
+# ----------------------------------------------------------------------------- keys
 
 
 def group_hash(key: str) -> int:
     """A stable int64 of a group key (equal on every process, unlike per-batch group numbers)."""
     return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "little", signed=True)
-
-
-@dataclass
-class CostModel:
-    """Per-sequence cost from the tokenizer and the image processor (no image decoding)."""
-
-    encoder: object  # vlmbed.data.collate.ItemEncoder
-    kind: str = "moca"  # moca | tokens
-
-    def __post_init__(self) -> None:
-        proc = self.encoder.processor
-        self.tokenizer = proc.tokenizer
-        self.image_processor = getattr(proc, "image_processor", None)
-        self.merge = int(getattr(self.image_processor, "merge_size", 1) or 1)
-        self.placeholder = len(self.tokenizer(self.encoder.image_placeholder, add_special_tokens=False)["input_ids"])
-
-    def image_tokens(self, item: Item) -> int:
-        width, height = image_size(item)
-        if self.image_processor is None or not hasattr(self.image_processor, "get_number_of_image_patches"):
-            return math.ceil(height / 28) * math.ceil(width / 28)  # MoCa's estimate
-        return self.image_processor.get_number_of_image_patches(height, width, {}) // (self.merge**2)
-
-    def __call__(self, item: Item, role: str) -> float:
-        text = self.encoder.format(item, role)
-        n_text = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        if not item.has_image:
-            return float(n_text)
-        n_text -= 1  # the image pad token, replaced by the image's tokens
-        img = self.image_tokens(item)
-        return float(n_text + img) if self.kind == "tokens" else float(n_text + 4 * img + 2)
-
-    def fingerprint(self) -> str:
-        t = self.encoder.templates
-        return f"{self.kind}|{len(self.tokenizer)}|{self.merge}|{json.dumps(t, sort_keys=True)}|" \
-               f"{self.encoder.append_eos}|{self.encoder.max_text_tokens}"
-
-
-def image_size(item: Item) -> tuple[int, int]:
-    """(width, height) from the header only; unreadable images fail as they would in training."""
-    import io
-
-    from PIL import Image
-
-    if hasattr(item.image, "size"):
-        return item.image.size
-    try:
-        with Image.open(io.BytesIO(item.image) if isinstance(item.image, bytes) else item.image) as im:
-            return im.size
-    except (OSError, SyntaxError, ValueError):
-        from vlmbed.data.images import open_image
-
-        return open_image(item.image, source=item.source).size
-
-
-def example_costs(examples: Sequence[Example], cost: CostModel, num_negatives: int | None = None,
-                  cache_dir: str | Path | None = None) -> np.ndarray:
-    """(n, 4) array: query cost, positive cost, largest negative cost, number of negatives.
-
-    Cached in ``cache_dir`` under a hash of every example's content and the cost settings, so a
-    large mixture is measured once.
-    """
-    path = None
-    if cache_dir is not None:
-        h = hashlib.sha1(cost.fingerprint().encode())
-        h.update(str(num_negatives).encode())
-        for ex in examples:
-            h.update(ex.query.key().encode())
-            h.update(ex.positive.key().encode())
-            h.update("".join(n.key() for n in _negs(ex, num_negatives)).encode())
-        path = Path(cache_dir) / f"costs-{h.hexdigest()[:20]}.npy"
-        if path.exists():
-            return np.load(path)
-    out = np.zeros((len(examples), 4), dtype=np.float64)
-    memo: dict[tuple[str, str], float] = {}
-
-    def one(item: Item, role: str) -> float:
-        key = (item.key(), role)
-        if key not in memo:
-            memo[key] = cost(item, role)
-        return memo[key]
-
-    for i, ex in enumerate(examples):
-        negs = _negs(ex, num_negatives)
-        out[i] = (one(ex.query, "query"), one(ex.positive, "document"),
-                  max((one(n, "document") for n in negs), default=0.0), len(negs))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, out)
-        tmp.replace(path)
-    return out
-
-
-def _negs(ex: Example, k: int | None) -> list[Item]:
-    return ex.negatives if k is None else ex.negatives[:k]
-
-
-def padded_cost(costs: np.ndarray) -> float:
-    """Cost of one padded micro-batch of examples with ``costs`` rows (k, 4)."""
-    if len(costs) == 0:
-        return 0.0
-    k = len(costs)
-    return float(k * costs[:, 0].max() + k * costs[:, 1].max() + costs[:, 3].sum() * costs[:, 2].max())
-
-
-def padding_waste(batches: list[list[int]], lengths: np.ndarray) -> float:
-    """Fraction of padded positions that are padding, over batches (``lengths``: (n, 4) in tokens)."""
-    padded = sum(padded_cost(lengths[b]) for b in batches)
-    real = sum(float(lengths[b, 0].sum() + lengths[b, 1].sum() + (lengths[b, 2] * lengths[b, 3]).sum())
-               for b in batches)
-    return 1.0 - real / padded if padded else 0.0
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -254,6 +149,7 @@ class BatchPlan:
             if unknown:
                 raise ValueError(f"data.batching.task_weights names unknown task(s) {unknown}; tasks: {sorted(groups)}")
         self._cache: tuple[int, list] | None = None
+        self.notes: dict[str, str] = {}  # task -> why it was repeated (printed once, by rank 0)
 
     def epoch(self, epoch: int) -> list[list[list[int]]]:
         """The global batches of ``epoch`` (cached for the current one)."""
@@ -271,7 +167,7 @@ class BatchPlan:
         rng = self._rng(epoch)
         if self.spec.task_weights and not self.spec.homogeneous:
             return self._weighted_examples(epoch, rng)
-        per_group = {name: self._group_batches(np.array(members), self._rng(epoch, gi + 1))
+        per_group = {name: self._task_batches(name, np.array(members), self._rng(epoch, gi + 1))
                      for gi, (name, members) in enumerate(sorted(self.groups.items()))}
         if self.spec.task_weights:
             return self._weighted_batches(per_group, epoch, rng)
@@ -280,6 +176,51 @@ class BatchPlan:
         if not out:
             raise ValueError(self._too_few())
         return out
+
+    def _task_batches(self, name: str, members: np.ndarray, rng) -> list:
+        """One task's batches (or all examples', when batches do not follow tasks).
+
+        A task too small for one global batch is not dropped: its examples are repeated, in a shuffled
+        cycle, to fill exactly one global batch per epoch (MoCa pads each subset by repetition), and a
+        note naming it is printed once. Repeats share their group key, so the loss never uses an
+        example's copy as its negative. If even repetition cannot fill a batch (unique positives with
+        too few distinct positives) the error names the task.
+        """
+        batches = self._group_batches(members, rng)
+        if batches or not (self.spec.homogeneous or self.spec.task_weights):
+            return batches
+        batch = self._repeated_batch(members, rng)
+        if batch is None:
+            extra = " distinct positives (data.batching.unique_positives)" if self.keys is not None else " examples"
+            raise ValueError(f"task {name!r} has too few{extra} ({len(members)} examples) for one batch of "
+                             f"{self._batch_words()} x {self.world} process(es), even repeated; lower "
+                             "data.batch_size, turn off unique_positives, or drop the task")
+        if name not in self.notes:
+            self.notes[name] = (f"task {name!r} has {len(members)} examples, fewer than one global batch of "
+                                f"{self._batch_words()} x {self.world} process(es): repeated to fill one batch "
+                                "per epoch")
+            if self.rank == 0:
+                print(f"note: {self.notes[name]}", flush=True)
+        return [batch]
+
+    def _repeated_batch(self, members: np.ndarray, rng) -> list | None:
+        """The first global batch of a shuffled cycle of ``members`` (None if the cycle never fills one)."""
+        order = members[rng.permutation(len(members))].tolist()
+        if self.spec.mode == "fixed":
+            counts = [self.spec.batch_size * self.world]
+        else:  # a part is full when the next example overflows its budget; costs are >= 1 token each
+            cap = self.world * (self.spec.max_tokens + 1) + len(order)
+            counts = [min(cap, len(order) * 2**k) for k in range(1, 64) if len(order) * 2 ** (k - 1) < cap]
+        for count in counts:
+            cycle = (order * -(-count // len(order)))[:count]
+            done, _ = pack(cycle, self.world, self.spec, self.costs, self.keys)
+            if done:
+                return done[0]
+        return None
+
+    def _batch_words(self) -> str:
+        return (f"{self.spec.batch_size} per process" if self.spec.mode == "fixed"
+                else f"token budget {self.spec.max_tokens}")
 
     def _group_batches(self, members: np.ndarray, rng) -> list:
         order = members[rng.permutation(len(members))].tolist()
@@ -317,7 +258,7 @@ class BatchPlan:
             if used[t] == len(streams[t]):
                 rounds[t] += 1
                 members = np.array(self.groups[t])
-                streams[t] = self._group_batches(members, self._rng(epoch, 7919, d, rounds[t]))
+                streams[t] = self._task_batches(t, members, self._rng(epoch, 7919, d, rounds[t]))
                 used[t] = 0
             out.append(streams[t][used[t]])
             used[t] += 1
@@ -344,8 +285,7 @@ class BatchPlan:
         return done
 
     def _too_few(self) -> str:
-        what = (f"{self.spec.batch_size} per process" if self.spec.mode == "fixed"
-                else f"token budget {self.spec.max_tokens}")
+        what = self._batch_words()
         extra = " with unique positives (data.batching.unique_positives)" if self.keys is not None else ""
         return (f"{self.n} examples cannot form one batch of {what} x {self.world} process(es){extra}; "
                 "lower data.batch_size or add data")

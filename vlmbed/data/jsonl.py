@@ -9,8 +9,10 @@ Each line::
 
 Only ``query``/``query_image`` (one of them) and ``positive``/``positive_image`` (one of them) are
 required. Unknown fields are an error naming the field (typos must not silently drop data).
-A missing or unreadable image raises an error naming file and line, or, with
-``on_bad_image="skip"``, the record is skipped and counted in :class:`ReadStats`.
+Images are not decoded here (that happens in the data loader, :mod:`vlmbed.data.decode`); they are
+checked at ``image_check`` (``exists`` by default). An image that fails the check raises an error
+naming file and line, or, with ``on_bad_image="skip"``, the record is skipped and counted in
+:class:`ReadStats`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlmbed.data.images import ImageLoadError, open_image
+from vlmbed.data.decode import CheckedPaths
+from vlmbed.data.images import ImageLoadError
 from vlmbed.types import Example, Item
 
 FIELDS = {
@@ -34,9 +37,15 @@ class DataFormatError(ValueError):
 
 @dataclass
 class ReadStats:
+    """Records read and records skipped at load (``data.on_bad_image=skip``), with the reasons."""
+
     read: int = 0
     skipped: int = 0
     reasons: list[str] = field(default_factory=list)
+
+    def skip(self, reason: str) -> None:
+        self.skipped += 1
+        self.reasons.append(reason)
 
 
 def json_lines(path: str | Path, what: str = "data file", error: type[Exception] = DataFormatError):
@@ -58,36 +67,35 @@ def json_lines(path: str | Path, what: str = "data file", error: type[Exception]
 
 
 def read_jsonl(
-    path: str | Path, on_bad_image: str = "error", check_images: bool = True, stats: ReadStats | None = None
+    path: str | Path, on_bad_image: str = "error", image_check: str = "exists", stats: ReadStats | None = None
 ) -> list[Example]:
     """Read a jsonl file of records into Examples (see module docstring for the fields)."""
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
+    check = CheckedPaths(image_check)
     out = []
     for where, rec in json_lines(path):
         try:
-            example = _record(rec, path.parent, where, check_images)
+            example = _record(rec, path.parent, where, check)
         except ImageLoadError as exc:
             if on_bad_image != "skip":
-                raise ImageLoadError(f"{where}: {exc}") from None
-            stats.skipped += 1
-            stats.reasons.append(f"{where}: {exc}")
+                raise
+            stats.skip(str(exc))
             continue
         out.append(example)
         stats.read += 1
     return out
 
 
-def _item(text, image, instruction, root: Path, where: str, check: bool) -> Item:
+def _item(text, image, instruction, root: Path, where: str, check: CheckedPaths) -> Item:
     img = None
     if image:
         img = Path(image) if Path(image).is_absolute() else root / image
-        if check:
-            open_image(img, source=where)
+        check(img, where)
     return Item(text=text or "", image=img, instruction=instruction or "", source=where)
 
 
-def _record(rec: dict, root: Path, where: str, check: bool) -> Example:
+def _record(rec: dict, root: Path, where: str, check: CheckedPaths) -> Example:
     if not isinstance(rec, dict):
         raise DataFormatError(f"{where}: a record must be a JSON object")
     unknown = sorted(set(rec) - FIELDS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from vlmbed.data.batching import (
     group_hash,
 )
 from vlmbed.data.collate import ContrastiveCollator, group_key
+from vlmbed.data.decode import BadImageLog, decode_examples
 from vlmbed.data.pretrain import document_costs
 
 
@@ -26,17 +27,49 @@ class TrainCollator:
     """``ContrastiveCollator`` plus what training across processes needs.
 
     ``group_ids`` become content hashes (the same group has the same id on every process, so
-    false-negative masking survives the gather), and ``position`` = (epoch, batch) of the plan.
+    false-negative masking survives the gather), ``positive_keys`` / ``negative_keys`` are content
+    hashes of the positives and hard negatives (see :func:`content_keys`), and ``position`` = (epoch,
+    batch) of the plan.
+
+    Images are decoded here, in the loader's workers (:func:`vlmbed.data.decode.decode_examples`); keys
+    are computed on the undecoded records (paths), as the plan's are. With ``on_bad_image="skip"`` an
+    example whose image does not decode is dropped from the batch and counted (``bad_images``, printed
+    once per process); ``data_stats`` holds this batch's count.
     """
 
     collator: ContrastiveCollator
+    on_bad_image: str = "error"
+    bad_images: BadImageLog = field(default_factory=BadImageLog)
 
     def __call__(self, items: list) -> dict:
-        examples = [ex for _, _, ex in items]
-        batch = self.collator(examples)
+        before = self.bad_images.dropped
+        kept, decoded = decode_examples([ex for _, _, ex in items], self.on_bad_image, self.bad_images,
+                                        self.collator.num_negatives)
+        examples = [items[i][2] for i in kept]
+        batch = self.collator(decoded)
+        batch["data_stats"] = {"bad_images": self.bad_images.dropped - before}
         batch["group_ids"] = torch.tensor([group_hash(group_key(ex)) for ex in examples], dtype=torch.long)
+        batch["positive_keys"], batch["negative_keys"] = content_keys(examples, self.collator.num_negatives)
         batch["position"] = (int(items[0][0]), int(items[0][1]))
         return batch
+
+
+def content_keys(examples: list, num_negatives: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Content hashes (B,) of each example's positive and (N,) of its hard negatives, in collator order.
+
+    Equal hashes mean identical inputs. A negative identical to any of its own example's positives takes
+    the key of the positive that is trained on, so it is masked as a false negative of its query.
+    """
+    pos, neg = [], []
+    for ex in examples:
+        alternatives = [p.key() for p in ex.positives]
+        own = alternatives[0]  # ex.positive, the one trained on
+        pos.append(group_hash(f"item:{own}"))
+        negs = ex.negatives if num_negatives is None else ex.negatives[:num_negatives]
+        for item in negs:
+            key = item.key()
+            neg.append(group_hash(f"item:{own if key in alternatives else key}"))
+    return torch.tensor(pos, dtype=torch.long), torch.tensor(neg, dtype=torch.long)
 
 
 def build_plan(stage, examples, embedder, world: int, rank: int, cache_dir: Path | None) -> BatchPlan:
@@ -44,11 +77,13 @@ def build_plan(stage, examples, embedder, world: int, rank: int, cache_dir: Path
     spec = BatchingSpec(batch_size=stage.data.batch_size, mode=b.mode, max_tokens=b.max_tokens,
                         homogeneous=b.homogeneous, unique_positives=b.unique_positives, task_weights=b.task_weights)
     costs = None
+    cost = CostModel(embedder.encoder, kind=b.cost, max_length=getattr(stage.model, "max_length", None),
+                     on_bad_image=stage.data.on_bad_image)
     if b.mode == "token_budget" and stage.is_reconstruction:
-        costs = document_costs(examples, CostModel(embedder.encoder, kind=b.cost))
+        costs = document_costs(examples, cost)
     elif b.mode == "token_budget":
         folder = Path(b.cost_cache) if b.cost_cache else cache_dir
-        costs = example_costs(examples, CostModel(embedder.encoder, kind=b.cost), stage.data.num_negatives, folder)
+        costs = example_costs(examples, cost, stage.data.num_negatives, folder)
     keys = [group_key(ex) for ex in examples] if b.unique_positives and not stage.is_reconstruction else None
     return BatchPlan(len(examples), spec, world=world, rank=rank, seed=stage.data.seed,
                      tasks=[ex.task for ex in examples], keys=keys, costs=costs)
@@ -61,7 +96,8 @@ def build_loader(stage, examples, embedder, plan: BatchPlan) -> tuple[DataLoader
 
         collate = DocumentCollator(pretrain_collator(embedder, stage), seed=stage.data.seed)
     else:
-        collate = TrainCollator(ContrastiveCollator(embedder.encoder, stage.data.num_negatives))
+        collate = TrainCollator(ContrastiveCollator(embedder.encoder, stage.data.num_negatives),
+                                on_bad_image=stage.data.on_bad_image)
     loader = DataLoader(PositionedDataset(examples), batch_sampler=sampler, collate_fn=collate,
                         num_workers=stage.data.num_workers)
     return loader, sampler

@@ -20,6 +20,7 @@ import json
 import math
 import shutil
 import time
+from collections import Counter
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,7 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
         return full_batch_step(encode, roles, loss_fn, backward, micro_sync, image_stand_in=stand_in)
 
     start, seen, last_loss = time.time(), 0, float("nan")
+    dropped: Counter = Counter()  # this process's records/images/text dropped at collate time (bad images, bounds)
     batches = iter(loader)
     while progress.step < total_steps:
         outs, rows = [], 0
@@ -199,6 +201,7 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
             outs.append(micro_step(batch, micro == cfg.grad_accum - 1))
             progress.advance(batch["position"])
             rows += int(batch["inputs" if stage.is_reconstruction else "query"]["input_ids"].shape[0])
+            dropped.update(batch.get("data_stats") or {})
             if not outs[-1].finite:  # agreed on by every process, so all stop accumulating together
                 break
         out = StepOutput({k: torch.stack([o.parts[k] for o in outs]).mean() for k in outs[-1].parts},
@@ -221,7 +224,8 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
         if progress.step % cfg.log_every == 0 or progress.step == total_steps:
             row = {"step": progress.step, "epoch": progress.batches_seen / steps_per_epoch,
                    "lr": scheduler.get_last_lr()[0], "examples_per_s": seen / max(1e-9, time.time() - start),
-                   "nonfinite_steps": progress.nonfinite_total, **parts}
+                   "nonfinite_steps": progress.nonfinite_total, **parts,
+                   **{f"dropped_{k}": v for k, v in dropped.items() if v}}
             _log(accelerator, metrics_path, row, bar)
         if bar is not None:
             bar.update(1)
@@ -233,6 +237,9 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
     # ---- save
     save(progress)
     model_dir = save_final_model(accelerator, model, stage, stage_dir)
+    if any(dropped.values()):
+        print(f"process {accelerator.process_index}: dropped at collate time "
+              f"{', '.join(f'{k}={v}' for k, v in dropped.items() if v)} (data.on_bad_image, model.max_length)")
     return StageResult(model_dir, progress.step, last_loss, time.time() - start, stats.skipped,
                        progress.nonfinite_total)
 

@@ -52,6 +52,7 @@ def pretrain_collator(embedder, stage) -> PretrainCollator:
         merge=int(getattr(embedder.processor.image_processor, "merge_size", 2)),
         mlm_ratio=mlm.ratio if mlm else 0.0, mae_ratio=mae.ratio if mae else 0.0,
         noise=mae.noise if mae else "per_patch", seed=stage.data.seed,
+        max_length=getattr(stage.model, "max_length", None), on_bad_image=stage.data.on_bad_image,
     )
 
 
