@@ -1,10 +1,22 @@
-"""Padding waste of fixed-size batches versus token-budget batches on a mixed-length dataset.
+"""Padding waste of token-budget batches against the fair fixed-size baseline on a mixed-length dataset.
 
     python benchmarks/token_budget.py [--examples 6000] [--batch-size 16] [--world 2]
 
-Prints one JSON line: ``padding_waste_fixed`` and ``padding_waste_budget`` (fraction of padded token
-positions that are padding, summed over the query, positive and negative tensors of every device's
-batch in one epoch), the mean examples per batch of each, and the settings.
+Three ways to batch the same examples, all seeing the same seed and number of devices:
+
+- ``fixed_sorted`` (the baseline a careful user sets up): task-homogeneous fixed batches of
+  ``--batch-size`` whose examples are sorted by length within each task, so that neighbours have
+  similar lengths (``group_by_length``-style). Sorted by total length, by query length and by document
+  length; the best of the three (least padding) is reported, with its key;
+- ``budget``: vlmbed's token-budget plan, task-homogeneous (MoCa's setting), with the budget set so
+  that a budget batch holds on average about as many examples as a fixed batch
+  (``budget = batch_size * mean tokens per example``), so the plans are compared at equal work per step;
+- ``fixed_random``: vlmbed's plain fixed plan (random batches), for context only.
+
+Prints one JSON line: ``padding_waste_*`` (fraction of padded token positions that are padding,
+summed over the query, positive and negative tensors of every device's batch in one epoch),
+``ratio`` = budget waste / fixed_sorted waste, the largest padded device batch of each plan in tokens
+(``max_batch_tokens_*``, what sets peak memory), examples per batch and examples used.
 
 The dataset is MMEB-shaped and mixed: five tasks (text -> image, image -> text, image + question ->
 answer, text -> document page, text -> passage) with one hard negative each, text lengths and image
@@ -12,10 +24,7 @@ sizes drawn per task. Sequence lengths are computed by vlmbed's own cost code
 (:class:`vlmbed.data.batching.CostModel`) with the tiny model's tokenizer and a Qwen2-VL image
 processor at Qwen2-VL's real pixel limits (patch 14, merge 2, up to 1280 image tokens per image), so
 an image's token count is what the processor would produce. Images are blank files on disk of the
-drawn sizes (only their headers are read). Both plans see the same examples, seed and number of
-devices; the token budget is set so that a budget batch holds on average about as many examples as
-a fixed batch (``budget = batch_size * mean padded-free tokens per example``), so the two are compared
-at equal work per step.
+drawn sizes (only their headers are read).
 """
 
 from __future__ import annotations
@@ -92,6 +101,40 @@ def build_dataset(n: int, folder: Path, seed: int = 0):
     return [out[i] for i in order]
 
 
+SORT_KEYS = {  # name: per-example sort key from its (query, positive, largest negative, negatives) lengths
+    "total": lambda c: c[0] + c[1] + c[2] * c[3],
+    "query": lambda c: (c[0], max(c[1], c[2])),
+    "document": lambda c: (max(c[1], c[2]), c[0]),
+}
+
+
+def sorted_fixed_batches(tasks: list[str], lengths: np.ndarray, batch_size: int, world: int, key) -> list[list[int]]:
+    """Device batches of ``batch_size``, one task each, examples sorted by ``key`` within the task.
+
+    Like a fixed plan, only whole global batches (``world`` device batches of one task) are kept.
+    """
+    batches: list[list[int]] = []
+    for task in sorted(set(tasks)):
+        members = sorted((i for i, t in enumerate(tasks) if t == task), key=lambda i: key(lengths[i]))
+        per_task = [members[s : s + batch_size] for s in range(0, len(members) - batch_size + 1, batch_size)]
+        batches.extend(per_task[: len(per_task) // world * world])
+    return batches
+
+
+def plan_batches(spec, tasks: list[str], lengths: np.ndarray, world: int, seed: int) -> list[list[int]]:
+    from vlmbed.data.batching import BatchPlan
+
+    plan = BatchPlan(len(tasks), spec, world=world, seed=seed, tasks=tasks, costs=lengths)
+    return [part for gb in plan.epoch(0) for part in gb]
+
+
+def summary(batches: list[list[int]], lengths: np.ndarray) -> dict:
+    from vlmbed.data.batching import padded_cost, padding_waste
+
+    return {"waste": padding_waste(batches, lengths), "max_tokens": max(padded_cost(lengths[b]) for b in batches),
+            "per_batch": float(np.mean([len(b) for b in batches])), "used": sum(len(b) for b in batches)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=6000)
@@ -100,7 +143,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from vlmbed.data.batching import BatchingSpec, BatchPlan, CostModel, example_costs, padding_waste
+    from vlmbed.data.batching import BatchingSpec, CostModel, example_costs
 
     with tempfile.TemporaryDirectory() as tmp:
         examples = build_dataset(args.examples, Path(tmp), args.seed)
@@ -108,26 +151,25 @@ def main() -> None:
     tasks = [ex.task for ex in examples]
     per_example = float((lengths[:, 0] + lengths[:, 1] + lengths[:, 2] * lengths[:, 3]).mean())
     budget = int(args.batch_size * per_example)
-    results = {}
-    for name, spec in {
-        "fixed": BatchingSpec(batch_size=args.batch_size),
-        "budget": BatchingSpec(mode="token_budget", max_tokens=budget),
-    }.items():
-        plan = BatchPlan(len(examples), spec, world=args.world, seed=args.seed, tasks=tasks, costs=lengths)
-        batches = [part for gb in plan.epoch(0) for part in gb]
-        results[name] = (padding_waste(batches, lengths), float(np.mean([len(b) for b in batches])),
-                         sum(len(b) for b in batches))
-    print(json.dumps({
-        "padding_waste_fixed": round(results["fixed"][0], 4),
-        "padding_waste_budget": round(results["budget"][0], 4),
-        "ratio": round(results["budget"][0] / results["fixed"][0], 4),
-        "examples_per_batch_fixed": round(results["fixed"][1], 2),
-        "examples_per_batch_budget": round(results["budget"][1], 2),
-        "examples_used_fixed": results["fixed"][2],
-        "examples_used_budget": results["budget"][2],
-        "examples": len(examples), "world": args.world, "batch_size": args.batch_size, "max_tokens": budget,
-        "mean_tokens_per_example": round(per_example, 1),
-    }))
+    sorted_runs = {name: summary(sorted_fixed_batches(tasks, lengths, args.batch_size, args.world, key), lengths)
+                   for name, key in SORT_KEYS.items()}
+    sort_key = min(sorted_runs, key=lambda name: sorted_runs[name]["waste"])
+    runs = {
+        "fixed_sorted": sorted_runs[sort_key],
+        "budget": summary(plan_batches(BatchingSpec(mode="token_budget", max_tokens=budget, homogeneous=True),
+                                       tasks, lengths, args.world, args.seed), lengths),
+        "fixed_random": summary(plan_batches(BatchingSpec(batch_size=args.batch_size), tasks, lengths, args.world,
+                                             args.seed), lengths),
+    }
+    out = {f"padding_waste_{name}": round(r["waste"], 4) for name, r in runs.items()}
+    out["ratio"] = round(runs["budget"]["waste"] / runs["fixed_sorted"]["waste"], 4)
+    out["fixed_sorted_by"] = sort_key
+    out.update({f"max_batch_tokens_{name}": int(r["max_tokens"]) for name, r in runs.items()})
+    out.update({f"examples_per_batch_{name}": round(r["per_batch"], 2) for name, r in runs.items()})
+    out.update({f"examples_used_{name}": r["used"] for name, r in runs.items()})
+    out.update({"examples": len(examples), "world": args.world, "batch_size": args.batch_size, "max_tokens": budget,
+                "mean_tokens_per_example": round(per_example, 1)})
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

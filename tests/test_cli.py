@@ -23,7 +23,7 @@ def test_quickstart_short_run_writes_model_results_and_report(tmp_path):
     stage = out / "00-contrastive"
     results = json.loads((stage / "results.json").read_text())
     assert set(results["after"]["meta_tasks"]) == {"CLS", "VQA", "RET", "VG"}
-    assert results["before"] is not None  # untrained scores sit beside the trained ones
+    assert set(results["before"]["tasks"]) == set(results["after"]["tasks"])  # untrained scores beside trained
     report = (stage / "report.html").read_text()
     assert "data:image/png;base64," in report and "untrained" in report
     rows = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]

@@ -23,10 +23,11 @@ def test_duplicate_of_the_positive_counts_as_correct(embedder):
     res = score_task(embedder, EvalTask("t", "CLS", [ex, swapped]))
     assert res["num_unique_candidates"] == 2  # duplicates are encoded once
     # row 1 is a pure tie -> correct; row 2 is correct only if "one" beats "seven" for this random model
+    # (encoded here in other batches: where the two scores tie within 1e-5 either answer is right)
     q = embedder.encode([Item(text="seven")])[0]
-    c = embedder.encode([Item(text="the digit one"), Item(text="the digit seven")], role="document")
-    expected = (1 + int(c[0] @ q >= c[1] @ q)) / 2
-    assert res["precision@1"] == expected
+    one, seven = embedder.encode([Item(text="the digit one"), Item(text="the digit seven")], role="document") @ q
+    allowed = {(1 + int(one >= seven + s)) / 2 for s in (-1e-5, 1e-5)}
+    assert res["precision@1"] in allowed, (res["precision@1"], one, seven)
 
 
 def test_overall_is_mean_over_tasks_not_mean_of_meta_means():

@@ -16,14 +16,15 @@ def _unit(*shape, seed=0):
     return F.normalize(torch.randn(*shape, generator=g), dim=-1)
 
 
-def _reference(q, p, n, owner, groups, tau, share):
-    """Loop-by-loop definition from the docstring formula."""
+def _reference(q, p, n, owner, groups, tau, share, offset=0):
+    """Loop-by-loop definition from the docstring formula; query i's positive is p[offset + i]."""
     total = 0.0
     for i in range(q.shape[0]):
-        pos = math.exp(float(q[i] @ p[i]) / tau)
+        mine = offset + i
+        pos = math.exp(float(q[i] @ p[mine]) / tau)
         denom = pos
         for k in range(p.shape[0]):
-            if k != i and not (groups is not None and groups[k] == groups[i]):
+            if k != mine and not (groups is not None and groups[k] == groups[mine]):
                 denom += math.exp(float(q[i] @ p[k]) / tau)
         for j in range(n.shape[0] if n is not None else 0):
             if share or owner[j] == i:
@@ -57,12 +58,12 @@ def test_same_group_items_are_not_negatives():
 
 def test_offset_selects_the_local_slice_of_gathered_positives():
     q, p = _unit(2, 8, seed=4), _unit(6, 8, seed=5)
-    local = loss(q, p[2:4], temperature=0.1)["infonce"]
-    gathered_only_local = loss(q, p, temperature=0.1, offset=2)["infonce"]
-    logits = infonce_logits(q, p, temperature=0.1, offset=2)
-    assert logits.shape == (2, 6)
-    assert torch.allclose(F.cross_entropy(logits, torch.tensor([2, 3])), gathered_only_local)
-    assert not torch.allclose(local, gathered_only_local)  # more negatives, different loss
+    gathered = loss(q, p, temperature=0.1, offset=2)["infonce"].item()  # this rank's positives are p[2:4]
+    assert abs(gathered - _reference(q, p, None, None, None, 0.1, True, offset=2)) < 1e-5
+    assert infonce_logits(q, p, temperature=0.1, offset=2).shape == (2, 6)
+    local = loss(q, p[2:4], temperature=0.1)["infonce"].item()
+    assert abs(local - _reference(q, p[2:4], None, None, None, 0.1, True)) < 1e-5
+    assert gathered > local + 1e-3  # four more negatives in the denominator
 
 
 def test_symmetric_adds_reverse_direction_and_registry():

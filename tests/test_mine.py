@@ -36,8 +36,15 @@ def train_file(tmp_path):
     return path
 
 
-def brute_force(embedder, path, settings: MineSettings) -> list[list[str]]:
-    """Reference: the k best candidates of the same task after the rules, scored with encode."""
+TOL = 1e-5  # scores of the same items encoded in other batches agree within this
+
+
+def brute_force(embedder, path, settings: MineSettings) -> list[dict[str, tuple[float, str]]]:
+    """Reference, per record: every candidate text -> (score, status) under the rules, scored with encode.
+
+    Status ``in``/``out`` when the rules decide with a margin of TOL to spare, ``tie`` when a score sits
+    within TOL of the margin or duplicate threshold (then either decision is right).
+    """
     recs = read_training_records(path)
     pool: dict[str, tuple] = {}
     for r in recs:
@@ -46,25 +53,49 @@ def brute_force(embedder, path, settings: MineSettings) -> list[list[str]]:
         if r.label is not None:
             entry[2].add((r.task, r.label))
     cands = list(pool.values())
+    assert len({c[0].text for c in cands}) == len(cands)  # texts name the candidates below
     cvec = embedder.encode([c[0] for c in cands], role="document")
     qvec = embedder.encode([r.query for r in recs], role="query")
     pvec = embedder.encode([r.positive for r in recs], role="document")
     out = []
     for i, r in enumerate(recs):
         pos_score = float(qvec[i] @ pvec[i])
-        scored = sorted(((float(qvec[i] @ cvec[j]), j) for j in range(len(cands))), reverse=True)
-        picks = []
-        for score, j in scored:
-            item, tasks, labels = cands[j]
-            if r.task not in tasks or item.key() in (r.positive.key(), r.query.key()):
-                continue
-            if (r.label is not None and (r.task, r.label) in labels) or score > pos_score + settings.margin:
-                continue
-            if float(cvec[j] @ pvec[i]) >= settings.dup_threshold:
-                continue
-            picks.append(item.text)
-        out.append(picks[: settings.k])
+        scored = {}
+        for j, (item, tasks, labels) in enumerate(cands):
+            score, dup = float(qvec[i] @ cvec[j]), float(cvec[j] @ pvec[i])
+            if r.task not in tasks or item.key() in (r.positive.key(), r.query.key()) or (
+                    r.label is not None and (r.task, r.label) in labels):
+                status = "out"
+            else:
+                gaps = [pos_score + settings.margin - score, settings.dup_threshold - dup]  # > 0: allowed
+                status = "out" if min(gaps) < -TOL else "in" if min(gaps) > TOL else "tie"
+            scored[item.text] = (score, status)
+        out.append(scored)
     return out
+
+
+def assert_valid_picks(picks: list[str], scored: dict[str, tuple[float, str]], k: int) -> None:
+    """``picks`` are the best allowed candidates, best first, up to ties within TOL: each allowed (or
+    tied on a threshold), scores non-increasing, none allowed left out that beats a pick by more than TOL,
+    and k of them unless fewer are allowed."""
+    assert len(picks) == len(set(picks)) <= k, picks
+    assert all(scored[t][1] != "out" for t in picks), [(t, scored[t]) for t in picks]
+    scores = [scored[t][0] for t in picks]
+    assert all(a >= b - TOL for a, b in zip(scores, scores[1:], strict=False)), scores
+    allowed = {t: sc for t, (sc, status) in scored.items() if status == "in" and t not in picks}
+    if len(picks) < k:
+        assert not allowed, (picks, allowed)
+    elif allowed:
+        assert min(scores) >= max(allowed.values()) - TOL, (scores, allowed)
+
+
+def test_pick_check_rejects_wrong_picks():
+    scored = {"a": (0.9, "in"), "b": (0.5, "in"), "c": (0.5, "tie"), "d": (0.95, "out"), "e": (0.1, "in")}
+    assert_valid_picks(["a", "b"], scored, 2)
+    assert_valid_picks(["a", "c"], scored, 2)  # c sits on a threshold: allowed or not
+    for wrong in (["a", "d"], ["b", "a"], ["a", "e"], ["a"], ["a", "a"]):
+        with pytest.raises(AssertionError):
+            assert_valid_picks(wrong, scored, 2)
 
 
 def negative_texts(record: dict) -> list[str]:
@@ -82,8 +113,8 @@ def test_mined_negatives_match_reference_and_rules(train_file, tmp_path, embedde
         assert {k: v for k, v in rec.items() if k not in ("negatives", "positive_image")} == \
             {k: v for k, v in original.items() if k not in ("negatives", "positive_image")}
     expected = brute_force(embedder, train_file, settings)
-    for i, (rec, want) in enumerate(zip(written, expected, strict=True)):
-        assert negative_texts(rec) == want, f"record {i}"
+    for i, (rec, scored) in enumerate(zip(written, expected, strict=True)):
+        assert_valid_picks(negative_texts(rec), scored, settings.k), f"record {i}"
         assert rec["positive"] not in [n.get("text") for n in rec["negatives"]]
     assert written[0]["positive"] not in [n.get("text") for n in written[1]["negatives"]]  # same label
     assert written[1]["positive"] not in [n.get("text") for n in written[0]["negatives"]]
