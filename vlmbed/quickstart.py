@@ -18,8 +18,9 @@ def run_quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | N
     last = runs[-1]
     print_table(last.results_after, last.results_before, title="quickstart: digits suite, held-out test split")
     seconds = time.time() - start
-    print(f"untrained overall precision@1: {100 * last.results_before['overall']:.1f}   "
-          f"trained: {100 * last.results_after['overall']:.1f}   ({seconds:.0f} s)")
+    before = f"untrained overall precision@1: {100 * last.results_before['overall']:.1f}   " \
+        if last.results_before else ""
+    print(f"{before}trained: {100 * last.results_after['overall']:.1f}   ({seconds:.0f} s)")
     print(f"model:   {last.result.model_dir}\nresults: {last.stage_dir / 'results.json'}\n"
           f"report:  {last.stage_dir / 'report.html'}")
     return {"before": last.results_before, "after": last.results_after, "seconds": seconds,

@@ -42,7 +42,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(tiny_model_dir, tmp
     resumed = losses(stage)
     assert sorted(resumed) == list(range(1, 11))
     for step in range(resumed_at + 1, 11):
-        assert abs(resumed[step] - reference[step]) < 1e-6, (step, resumed[step], reference[step])
+        assert abs(resumed[step] - reference[step]) <= 1e-5 * abs(reference[step]) + 1e-7, (step, resumed[step])
     state = read_state(list_checkpoints(stage)[-1])
     assert state["step"] == 10 and state["batches_seen"] == 10 and state["gradcache_chunk"] == 4
     assert len(list_checkpoints(stage)) == 2  # keep_checkpoints
