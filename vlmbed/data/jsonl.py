@@ -47,6 +47,19 @@ class ReadStats:
         self.skipped += 1
         self.reasons.append(reason)
 
+    def build(self, make, on_bad_image: str):
+        """``make()`` -> a record, counted as read; an unreadable image raises (``on_bad_image=error``) or is
+        skipped and counted (``skip``, returning None). Every reader's load-time image rule."""
+        try:
+            record = make()
+        except ImageLoadError as exc:
+            if on_bad_image != "skip":
+                raise
+            self.skip(str(exc))
+            return None
+        self.read += 1
+        return record
+
 
 def json_lines(path: str | Path, what: str = "data file", error: type[Exception] = DataFormatError):
     """Yield (``"file:line"``, record) for every non-empty line; a missing file or invalid JSON is an
@@ -75,15 +88,9 @@ def read_jsonl(
     check = CheckedPaths(image_check)
     out = []
     for where, rec in json_lines(path):
-        try:
-            example = _record(rec, path.parent, where, check)
-        except ImageLoadError as exc:
-            if on_bad_image != "skip":
-                raise
-            stats.skip(str(exc))
-            continue
-        out.append(example)
-        stats.read += 1
+        example = stats.build(lambda rec=rec, where=where: _record(rec, path.parent, where, check), on_bad_image)
+        if example is not None:
+            out.append(example)
     return out
 
 

@@ -23,7 +23,6 @@ import ast
 from pathlib import Path
 
 from vlmbed.data.decode import CheckedPaths
-from vlmbed.data.images import ImageLoadError
 from vlmbed.data.jsonl import DataFormatError, ReadStats
 from vlmbed.data.mmeb import PLACEHOLDER, mmeb_item
 from vlmbed.types import Example, Item
@@ -88,14 +87,10 @@ def read_mmeb_train(
         for file in paths:
             for i, row in enumerate(_rows(file)):
                 where = f"{subset}/{file.name} row {i}"
-                try:
-                    out.append(row_example(row, root, subset, where, check))
-                except ImageLoadError as exc:
-                    if on_bad_image != "skip":
-                        raise
-                    stats.skip(str(exc))
-                    continue
-                stats.read += 1
+                example = stats.build(lambda row=row, where=where, subset=subset:
+                                      row_example(row, root, subset, where, check), on_bad_image)
+                if example is not None:
+                    out.append(example)
     return out
 
 

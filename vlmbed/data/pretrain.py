@@ -57,14 +57,9 @@ def read_documents(path: str | Path, on_bad_image: str = "error", image_check: s
     check = CheckedPaths(image_check)
     docs = []
     for where, rec in json_lines(path, what="pre-training data file"):
-        try:
-            docs.append(_document(rec, path.parent, where, check))
-        except ImageLoadError as exc:
-            if on_bad_image != "skip":
-                raise
-            stats.skip(str(exc))
-            continue
-        stats.read += 1
+        doc = stats.build(lambda rec=rec, where=where: _document(rec, path.parent, where, check), on_bad_image)
+        if doc is not None:
+            docs.append(doc)
     return docs
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlmbed.data.decode import CheckedPaths
-from vlmbed.data.images import ImageLoadError
 from vlmbed.data.jsonl import DataFormatError, ReadStats
 from vlmbed.types import Example, Item
 
@@ -88,14 +87,10 @@ def read_table(
     for i, row in enumerate(ds):
         where = f"{path} row {i}"
         mapping = mapping or resolve_columns(columns, list(row), str(path))
-        try:
-            out.append(_example(row, mapping, root, default_task, where, check))
-        except ImageLoadError as exc:
-            if on_bad_image != "skip":
-                raise
-            stats.skip(str(exc))
-            continue
-        stats.read += 1
+        example = stats.build(lambda row=row, where=where, mapping=mapping:
+                              _example(row, mapping, root, default_task, where, check), on_bad_image)
+        if example is not None:
+            out.append(example)
     return out
 
 
