@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import vlmbed
+from vlmbed.train.stages import train  # `vlmbed.train` is shadowed by the subpackage once it is imported
 
 CHANCE = {"digits_cls": 0.1, "digits_parity": 0.5, "digits_successor": 0.1, "digits_t2i": 0.1,
           "digits_i2t": 0.1, "digits_grounding": 0.25}
@@ -41,7 +42,7 @@ def one_thread():
 def quickstart_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("claims")
     with one_thread():
-        (run,) = vlmbed.train("quickstart", [f"output_dir={out}", "train.max_steps=120", "train.progress=false",
+        (run,) = train("quickstart", [f"output_dir={out}", "train.max_steps=120", "train.progress=false",
                                              f"eval.max_queries={QUERIES}", "eval.before=true"])
     return run
 

@@ -65,7 +65,8 @@ def test_loss_matches_the_objective_called_directly(f32_embedder):
         q = f32_embedder(batch["query"]).embeddings
         p = f32_embedder(batch["positive"]).embeddings
         n = f32_embedder(batch["negatives"]).embeddings
-        direct = infonce.loss(q, p, n, batch["negative_owner"], batch["group_ids"], temperature=0.05)["infonce"]
+        direct = infonce.loss(q, p, n, batch["negative_owner"], batch["group_ids"], temperature=0.05,
+                              positive_keys=batch["positive_keys"], negative_keys=batch["negative_keys"])["infonce"]
         ours = contrastive_loss({"query": q, "positive": p, "negatives": n}, batch, [InfoNCEConfig()])["loss"]
     assert abs(float(direct) - float(ours)) < 1e-6
 
