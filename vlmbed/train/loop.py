@@ -195,17 +195,8 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
     dropped: Counter = Counter()  # this process's records/images/text dropped at collate time (bad images, bounds)
     batches = iter(loader)
     while progress.step < total_steps:
-        outs, rows = [], 0
-        for micro in range(cfg.grad_accum):
-            batch = next(batches)
-            outs.append(micro_step(batch, micro == cfg.grad_accum - 1))
-            progress.advance(batch["position"])
-            rows += int(batch["inputs" if stage.is_reconstruction else "query"]["input_ids"].shape[0])
-            dropped.update(batch.get("data_stats") or {})
-            if not outs[-1].finite:  # agreed on by every process, so all stop accumulating together
-                break
-        out = StepOutput({k: torch.stack([o.parts[k] for o in outs]).mean() for k in outs[-1].parts},
-                         finite=all(o.finite for o in outs))
+        out, rows = _accumulate(batches, micro_step, cfg.grad_accum, progress, dropped,
+                                "inputs" if stage.is_reconstruction else "query")
         finite = out.finite and _finite_grad_norm(accelerator, model, cfg.grad_clip)
         if not finite and not (out.finite and accelerator.scaler is not None):
             _skip_update(accelerator, optimizer, progress, cfg.max_nonfinite, out.parts)
@@ -242,6 +233,24 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
               f"{', '.join(f'{k}={v}' for k, v in dropped.items() if v)} (data.on_bad_image, model.max_length)")
     return StageResult(model_dir, progress.step, last_loss, time.time() - start, stats.skipped,
                        progress.nonfinite_total)
+
+
+def _accumulate(batches, micro_step, grad_accum: int, progress: Progress, dropped: Counter, role: str):
+    """Forward + backward of ``grad_accum`` batches (one optimizer step); their mean loss parts and rows.
+
+    Stops early at a non-finite batch (every process agrees on it, so all stop together)."""
+    outs, rows = [], 0
+    for micro in range(grad_accum):
+        batch = next(batches)
+        outs.append(micro_step(batch, micro == grad_accum - 1))
+        progress.advance(batch["position"])
+        rows += int(batch[role]["input_ids"].shape[0])
+        dropped.update(batch.get("data_stats") or {})
+        if not outs[-1].finite:
+            break
+    out = StepOutput({k: torch.stack([o.parts[k] for o in outs]).mean() for k in outs[-1].parts},
+                     finite=all(o.finite for o in outs))
+    return out, rows
 
 
 def prepare(accelerator, embedder, optimizer, scheduler, batch_size: int, grad_clip: float | None = None):
