@@ -139,3 +139,35 @@ def test_digits_is_deterministic():
     b = build_digits("test", tasks=["digits_t2i"], max_per_task=20)["digits_t2i"]
     assert [[c.key() for c in [x.positive, *x.negatives]] for x in a] == \
            [[c.key() for c in [x.positive, *x.negatives]] for x in b]
+
+
+def test_formats_table_drives_reading_and_config(tmp_path, image_dir):
+    """Every FORMATS entry has a reader file; config validation and ``is_pretraining`` read the table."""
+    import importlib
+
+    from vlmbed.config import DataConfig, SourceConfig
+    from vlmbed.data import FORMAT_OPTIONS, FORMATS, YIELDS
+    from vlmbed.data.pretrain import Document
+    from vlmbed.data.sources import load_sources
+
+    for name, fmt in FORMATS.items():
+        assert fmt.yields in YIELDS and set(fmt.options) <= set(FORMAT_OPTIONS), name
+        assert callable(importlib.import_module(f"vlmbed.data.formats.{fmt.reader}").read), name
+        src = SourceConfig(format=name, path="x" if fmt.needs_path else None)
+        assert src.is_pretraining == (fmt.yields == "documents")
+        if fmt.needs_path:
+            with pytest.raises(ValueError, match="needs `path`"):
+                SourceConfig(format=name)
+    with pytest.raises(ValueError, match="jsonl"):
+        SourceConfig(format="no_such_format")
+    with pytest.raises(ValueError, match="`columns` applies to table"):
+        SourceConfig(format="jsonl", path="a.jsonl", columns={"query": "q"})
+
+    path = image_dir / "pairs.jsonl"
+    path.write_text(json.dumps({"query": {"text": "white"}, "positive": {"image": "ok.png"}}) + "\n")
+    data = DataConfig(sources=[SourceConfig(format="jsonl", path=str(path)),
+                               SourceConfig(format="digits", tasks=["digits_cls"])])
+    records, _ = load_sources(data)
+    assert all(isinstance(r, Example) for r in records) and records[0].task == "pairs"
+    docs, _ = load_sources(DataConfig(sources=[SourceConfig(format="digits_unlabeled")]))
+    assert docs and all(isinstance(d, Document) for d in docs)

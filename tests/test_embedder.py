@@ -128,3 +128,51 @@ def test_unsupported_folder_errors_name_the_problem(tmp_path):
 def test_empty_item_is_rejected():
     with pytest.raises(ValueError, match="empty item"):
         Item()
+
+
+# ----------------------------------------------------------------- encode: the inputs users type
+def test_encode_single_string_gives_one_vector(embedder):
+    one = embedder.encode("a string of text")
+    assert one.shape == (embedder.hidden_size,)  # one vector, not one per character
+    listed = embedder.encode(["a string of text", "another"])
+    assert listed.shape == (2, embedder.hidden_size)
+    np.testing.assert_allclose(one, listed[0], atol=1e-5)
+    np.testing.assert_allclose(embedder.encode(Item(text="a string of text")), one, atol=1e-6)
+    assert embedder.encode([]).shape == (0, embedder.hidden_size)
+    assert embedder.encode(("a string of text",)).shape == (1, embedder.hidden_size)
+
+
+def test_encode_accepts_pil_images_and_image_paths(embedder, tmp_path):
+    img = _image(4)
+    alone = embedder.encode(img, role="document")
+    assert alone.shape == (embedder.hidden_size,)
+    np.testing.assert_allclose(alone, embedder.encode([Item(image=img)], role="document")[0], atol=1e-5)
+    img.save(tmp_path / "x.png")
+    mixed = embedder.encode([tmp_path / "x.png", "seven", Item(text="digit", image=img)], role="document")
+    assert mixed.shape == (3, embedder.hidden_size)
+    np.testing.assert_allclose(mixed[0], alone, atol=1e-5)
+    with pytest.raises(TypeError, match="input 1: cannot embed a int"):
+        embedder.encode(["ok", 3])
+
+
+def test_encode_query_and_document_helpers(embedder):
+    q = embedder.encode_query(["seven"], instruction="Find the digit: ")
+    np.testing.assert_allclose(q, embedder.encode([Item("seven", instruction="Find the digit: ")]), atol=1e-6)
+    assert np.abs(q - embedder.encode(["seven"])).max() > 1e-4  # the instruction is used
+    np.testing.assert_allclose(embedder.encode_document("seven"), embedder.encode("seven", role="document"),
+                               atol=1e-6)
+
+
+def test_encode_normalize_and_matryoshka_truncate(embedder):
+    full = embedder.encode(["seven", "a longer text here"])
+    raw = embedder.encode(["seven", "a longer text here"], normalize=False)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)  # mean pooling: not unit length
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), full, atol=1e-5)
+    cut = embedder.encode(["seven", "a longer text here"], truncate_dim=16)
+    assert cut.shape == (2, 16)
+    np.testing.assert_allclose(np.linalg.norm(cut, axis=1), 1.0, atol=1e-5)  # renormalised after the cut
+    expected = full[:, :16] / np.linalg.norm(full[:, :16], axis=1, keepdims=True)
+    np.testing.assert_allclose(cut, expected, atol=1e-5)
+    np.testing.assert_allclose(embedder.encode("seven", truncate_dim=16, normalize=False), raw[0, :16], atol=1e-5)
+    with pytest.raises(ValueError, match="truncate_dim"):
+        embedder.encode("seven", truncate_dim=embedder.hidden_size + 1)

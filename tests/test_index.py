@@ -155,9 +155,9 @@ def test_cli_build_and_search(corpus, tmp_path, tiny_model_dir):
                             str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.strip().splitlines()[-1])["items"] == 9
-    r = runner.invoke(app, ["index", "search", str(out), "--text", "seven", "-k", "3", "--json"])
+    r = runner.invoke(app, ["index", "search", "--index", str(out), "--text", "seven", "-k", "3", "--json"])
     assert r.exit_code == 0, r.output
     hits = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert len(hits) == 3 and hits[0]["rank"] == 1 and "id" in hits[0] and "score" in hits[0]
-    r = runner.invoke(app, ["index", "search", str(out)])
+    r = runner.invoke(app, ["index", "search", "--index", str(out)])
     assert r.exit_code == 2 and "give a query" in r.output

@@ -74,7 +74,8 @@ def test_symmetric_adds_reverse_direction_and_registry():
     meta = {"group_ids": torch.arange(4), "negative_owner": torch.zeros(0, dtype=torch.long)}
     out = contrastive_loss({"query": q, "positive": p}, meta, [InfoNCEConfig(temperature=0.1, symmetric=True)])
     assert set(out) == {"infonce", "infonce_rev", "loss"}
-    assert torch.allclose(out["infonce"], OBJECTIVES["infonce"](q, p, temperature=0.1)["infonce"])
+    assert torch.allclose(out["infonce"], loss(q, p, temperature=0.1)["infonce"])
+    assert OBJECTIVES["infonce"].config is InfoNCEConfig and OBJECTIVES["infonce"].kind == "contrastive"
     assert torch.allclose(out["infonce_rev"], loss(p, q, temperature=0.1)["infonce"])
 
 

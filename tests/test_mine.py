@@ -184,9 +184,57 @@ def test_cli(train_file, tmp_path, tiny_model_dir):
 
     _register()
     out = tmp_path / "cli.neg.jsonl"
-    r = CliRunner().invoke(app, ["mine", "--model", str(tiny_model_dir), "--data", str(train_file), "--out",
+    r = CliRunner().invoke(app, ["mine", "--model", str(tiny_model_dir), "--input", str(train_file), "--out",
                                  str(out), "-k", "2", "--margin", "-1"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["records"] == 24 and summary["negatives_written"] == 48
     assert all(len(json.loads(line)["negatives"]) == 2 for line in out.read_text().splitlines())
+
+
+def _with_curated(train_file, rows: dict[int, list]) -> None:
+    lines = train_file.read_text().splitlines()
+    for i, negatives in rows.items():
+        rec = json.loads(lines[i])
+        rec["negatives"] = negatives
+        lines[i] = json.dumps(rec)
+    train_file.write_text("\n".join(lines) + "\n")
+
+
+def test_curated_negatives_are_kept_by_default_and_counted(train_file, tmp_path, embedder):
+    source = [json.loads(line) for line in train_file.read_text().splitlines()]
+    curated = {0: [{"text": "given negative"}, source[3]["positive"]], 2: ["another given one"]}
+    _with_curated(train_file, curated)
+    out = tmp_path / "kept.jsonl"
+    report = mine_hard_negatives(None, train_file, out, MineSettings(k=20, margin=None), embedder=embedder)
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    # k=20 asks for more candidates than task t_text has: short records still keep what they came with
+    assert written[0]["negatives"][:2] == curated[0] and written[2]["negatives"][:1] == curated[2]
+    assert report.records_with_existing == 2 and report.existing_kept == 3 and report.existing_dropped == 0
+    assert report.short > 0
+    mined_texts = [n.get("text") for n in written[0]["negatives"][2:]]
+    assert source[3]["positive"] not in mined_texts  # a curated negative is not mined a second time
+    assert report.excluded_existing >= 1
+    replaced = mine_hard_negatives(None, train_file, out, MineSettings(k=2, margin=None, keep_existing=False),
+                                   embedder=embedder)
+    assert replaced.existing_dropped == 3 and replaced.existing_kept == 0
+    assert json.loads(out.read_text().splitlines()[0])["negatives"][0] != {"text": "given negative"}
+
+
+def test_cli_keeps_or_replaces_curated_negatives_and_says_so(train_file, tmp_path, tiny_model_dir):
+    from vlmbed.cli import _register, app
+
+    _register()
+    _with_curated(train_file, {0: [{"text": "given negative"}]})
+    out = tmp_path / "cli.neg.jsonl"
+    args = ["mine", "--model", str(tiny_model_dir), "--input", str(train_file), "--out", str(out), "-k", "2"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text().splitlines()[0])["negatives"][0] == {"text": "given negative"}
+    assert "kept 1 curated negative(s) of 1 record(s)" in r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["existing_kept"] == 1 and summary["out"] == str(out.resolve())
+    r = CliRunner().invoke(app, [*args, "--replace-existing"])
+    assert r.exit_code == 0, r.output
+    assert "replaced 1 curated negative(s) in 1 record(s)" in r.stderr
+    assert {"text": "given negative"} not in json.loads(out.read_text().splitlines()[0])["negatives"]

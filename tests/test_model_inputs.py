@@ -111,3 +111,17 @@ def test_chat_format_renders_through_the_processor_template(embedder):
     assert text == ("<|im_start|>system\nFind it.<|im_end|>\n<|im_start|>user\n"
                     f"{embedder.adapter.image_placeholder}a seven<|im_end|>\n<|im_start|>assistant\n<|endoftext|>")
     assert embedder.encoder.format(Item(text="x"), "document") == "x"  # roles without chat keep templates
+
+
+def test_family_adapter_answers_image_layout_questions(embedder):
+    """patch_dim, merge_size, image_tokens and image_unit_mask agree with what the processor produces."""
+    from vlmbed.models.adapters import BACKBONES, FamilyAdapter
+
+    a, proc = embedder.adapter, embedder.processor
+    assert isinstance(a, FamilyAdapter) and all(issubclass(c, FamilyAdapter) for c in BACKBONES.values())
+    image = Image.new("RGB", (90, 61), (10, 200, 30))
+    enc = embedder.tokenize([Item(text="a", image=image)], "query")
+    assert enc["pixel_values"].shape[1] == a.patch_dim(proc)
+    units = int(a.image_unit_mask(enc["input_ids"], a.image_token_id(embedder.model)).sum())
+    assert units == a.image_tokens(proc, 90, 61) == enc["pixel_values"].shape[0] // a.merge_size(proc) ** 2
+    assert a.image_factor(proc) == proc.image_processor.patch_size * a.merge_size(proc)

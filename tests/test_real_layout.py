@@ -290,7 +290,7 @@ def test_server_answers_what_encode_returns(world, family, recipe):
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_export_merged_round_trips(world, family, tmp_path):
     from vlmbed.config import load_recipe
-    from vlmbed.models.lora import export_merged
+    from vlmbed.models.export import export_merged
     from vlmbed.train.stages import run_recipe
 
     overrides = recipe_overrides("quickstart", world.folder(family), world.data, tmp_path / "run")

@@ -12,7 +12,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
+
+from vlmbed.data import FORMAT_OPTIONS, FORMATS
+from vlmbed.objectives import OBJECTIVES, ObjectiveSettings, infonce, mae, mlm
 
 PACKAGE_RECIPES = Path(__file__).parent / "recipes"
 
@@ -38,8 +49,11 @@ class ModelConfig(Strict):
     path: str = "tiny"  # a model folder, "previous" (the previous stage's output) or "tiny" (built in code)
     tiny_family: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_vl"
     tiny_seed: int = 0  # random initialisation of the tiny model
-    attention: Literal["causal", "bidirectional"] = "causal"
-    pooling: Literal["last", "mean"] = "last"
+    # block: per-sample attention blocks from the batch (segment ids + which segment sees which; CoCoA's
+    # [A | EOS | B], one segment per turn); a batch without blocks is one segment (= bidirectional)
+    attention: Literal["causal", "bidirectional", "block"] = "causal"
+    block_causal: bool = False  # block attention intersected with causal order (MuCo's per-turn mask)
+    pooling: Literal["last", "mean", "marked"] = "last"  # marked: the hidden state at the last <|emb|> token
     normalize: bool = True
     append_eos: bool = True
     templates: dict[str, str] | None = None  # per-role templates with {instruction}, {image}, {text}
@@ -64,10 +78,11 @@ class ModelConfig(Strict):
 
 
 class SourceConfig(Strict):
-    """One data source (see docs/data-formats.md). Contrastive pairs: jsonl, mmeb_train, table, digits;
-    pre-training documents: documents, digits_unlabeled."""
+    """One data source (see docs/data-formats.md): a format of the ``vlmbed.data.FORMATS`` table, which
+    says what it yields (contrastive examples: jsonl, mmeb_train, table, digits; pre-training documents:
+    documents, digits_unlabeled), whether it needs ``path`` and which format-specific keys it reads."""
 
-    format: Literal["digits", "jsonl", "mmeb_train", "table", "documents", "digits_unlabeled"] = "jsonl"
+    format: Literal[tuple(FORMATS)] = "jsonl"  # a key of vlmbed.data.FORMATS
     path: str | None = None  # jsonl / documents: a file; mmeb_train / table: a folder or one file
     image_root: str | None = None  # mmeb_train / table: folder image paths are relative to
     subsets: list[str] | None = None  # mmeb_train: subset folders to read (None: every subset under path)
@@ -83,17 +98,18 @@ class SourceConfig(Strict):
 
     @model_validator(mode="after")
     def _needs_path(self):
-        if self.format in ("jsonl", "documents", "mmeb_train", "table") and not self.path:
+        if FORMATS[self.format].needs_path and not self.path:
             raise ValueError(f"a {self.format} data source needs `path`")
-        for key, formats in (("subsets", ("mmeb_train",)), ("columns", ("table",)),
-                             ("image_root", ("mmeb_train", "table"))):
+        for key in FORMAT_OPTIONS:
+            formats = [name for name, f in FORMATS.items() if key in f.options]
             if getattr(self, key) is not None and self.format not in formats:
                 raise ValueError(f"`{key}` applies to {' / '.join(formats)} sources, not {self.format}")
         return self
 
     @property
     def is_pretraining(self) -> bool:
-        return self.format in ("documents", "digits_unlabeled")
+        """The format yields pre-training documents (reconstruction stages), not contrastive examples."""
+        return FORMATS[self.format].yields == "documents"
 
 
 class BatchingConfig(Strict):
@@ -119,36 +135,31 @@ class DataConfig(Strict):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
 
 
-class InfoNCEConfig(Strict):
-    name: Literal["infonce"] = "infonce"
-    weight: float = 1.0
-    temperature: float = Field(0.05, gt=0)
-    share_negatives: bool = True  # hard negatives of every query are negatives for all queries
-    mask_same_group: bool = True  # in-batch items sharing the positive/label, and hard negatives repeating
-    # a positive of the query's group, are not negatives
-    symmetric: bool = False  # add the document -> query direction
+# objectives live in vlmbed/objectives/ (one file each, the OBJECTIVES table); their config classes are re-exported
+InfoNCEConfig, MLMConfig, MAEConfig = infonce.InfoNCEConfig, mlm.MLMConfig, mae.MAEConfig
 
 
-class MLMConfig(Strict):
-    """Masked-token prediction on the (bidirectional) backbone; MoCa stage 1, CoCoA MNTP."""
-
-    name: Literal["mlm"] = "mlm"
-    weight: float = 1.0
-    ratio: float = Field(0.4, gt=0, lt=1)  # share of non-special text tokens replaced by <|mask|>
-    shift: Literal[0, 1] = 1  # 1: predict x_i from h_{i-1} (MoCa paper); 0: same position (MoCa code)
-
-
-class MAEConfig(Strict):
-    """Masked image-unit reconstruction through a patch decoder; MoCa stage 1."""
-
-    name: Literal["mae"] = "mae"
-    weight: float = 0.5  # MoCa paper 0.5; released script 0.1
-    ratio: float = Field(0.5, gt=0, lt=1)  # share of merged units (one <|image_pad|> token each) masked
-    noise: Literal["per_patch", "shared"] = "per_patch"  # paper: fresh Gaussian per patch; code: one shared
-
-
-ObjectiveConfig = Annotated[InfoNCEConfig | MLMConfig | MAEConfig, Field(discriminator="name")]
-RECONSTRUCTION = ("mlm", "mae")
+def _objective_configs(value):
+    """Read each ``objectives`` entry into its table row's config class (a clear error for an unknown name)."""
+    if not isinstance(value, list):
+        return value
+    out = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, ObjectiveSettings):
+            out.append(entry)
+            continue
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ValueError(f"objectives[{i}] must be a mapping with a `name` ({', '.join(sorted(OBJECTIVES))})")
+        if entry["name"] not in OBJECTIVES:
+            raise ValueError(f"objectives[{i}]: unknown objective {entry['name']!r}; known: "
+                             f"{', '.join(sorted(OBJECTIVES))}")
+        try:
+            out.append(OBJECTIVES[entry["name"]].config.model_validate(entry))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                                 for e in exc.errors())
+            raise ValueError(f"objectives[{i}] ({entry['name']}): {problems}") from None
+    return out
 
 
 class TrainConfig(Strict):
@@ -188,20 +199,29 @@ class StageConfig(Strict):
     name: str
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    objectives: list[ObjectiveConfig] = Field(default_factory=lambda: [InfoNCEConfig()])
+    objectives: Annotated[list[SerializeAsAny[ObjectiveSettings]], BeforeValidator(_objective_configs)] = Field(
+        default_factory=lambda: [InfoNCEConfig()])
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @property
+    def kind(self) -> str:
+        """What the stage's objectives are: ``contrastive`` or ``reconstruction`` (one kind per stage)."""
+        return OBJECTIVES[self.objectives[0].name].kind
+
+    @property
     def is_reconstruction(self) -> bool:
         """A pre-training stage: reconstruction objectives on documents (no contrastive pairs)."""
-        return any(o.name in RECONSTRUCTION for o in self.objectives)
+        return self.kind == "reconstruction"
 
     @model_validator(mode="after")
     def _objectives_match_data(self):
-        kinds = {o.name in RECONSTRUCTION for o in self.objectives}
+        if not self.objectives:
+            raise ValueError("a stage needs at least one objective")
+        kinds = {OBJECTIVES[o.name].kind: o.name for o in self.objectives}
         if len(kinds) > 1:
-            raise ValueError("a stage mixes reconstruction (mlm, mae) and contrastive objectives; use two stages")
+            raise ValueError(f"a stage mixes {' and '.join(f'{k} ({n})' for k, n in kinds.items())} objectives; "
+                             "use two stages")
         pre = {s.is_pretraining for s in self.data.sources}
         if len(pre) > 1 or (pre and pre.pop() != self.is_reconstruction):
             raise ValueError("data.sources must be documents/digits_unlabeled for mlm/mae objectives and "
@@ -241,65 +261,128 @@ class ConfigError(ValueError):
 
 def resolve_recipe_path(name_or_path: str | Path) -> Path:
     """A path to a YAML file, or the name of a recipe shipped in the package (``quickstart``)."""
-    path = Path(name_or_path)
-    if path.exists():
-        return path
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path.resolve()
     shipped = PACKAGE_RECIPES / f"{Path(str(name_or_path)).stem}.yaml"
-    if shipped.exists():
+    if shipped.exists() and path.suffix in ("", ".yaml", ".yml") and len(path.parts) == 1:
         return shipped
     known = sorted(p.stem for p in PACKAGE_RECIPES.glob("*.yaml"))
-    raise FileNotFoundError(f"recipe {name_or_path!r} not found (not a file; shipped recipes: {known})")
+    raise FileNotFoundError(f"recipe {str(name_or_path)!r} not found: {path.resolve()} is not a file, and it is not "
+                            f"the name of a shipped recipe ({', '.join(known)})")
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
-    """Read a recipe YAML, merge defaults into stages, apply ``key=value`` overrides, validate."""
+    """Read a recipe YAML, merge defaults into stages, apply ``key=value`` overrides, validate.
+
+    Input paths written in a recipe file (``data.sources[].path``, ``image_root``, ``model.path``) are
+    relative to the recipe file's folder; in a shipped recipe (named, like ``moca``) and in overrides
+    they are relative to the working directory. Every input path comes out absolute. Output paths
+    (``output_dir``, ``data.batching.cost_cache``) are relative to the working directory.
+    """
     path = resolve_recipe_path(name_or_path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    return build_recipe(raw, overrides, source=str(path))
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe is a YAML mapping with `stages` (got {type(raw).__name__})")
+    shipped = path.parent == PACKAGE_RECIPES.resolve()
+    return build_recipe(raw, overrides, source=str(path), base_dir=None if shipped else path.parent)
 
 
-def build_recipe(raw: dict, overrides: list[str] | None = None, source: str = "<dict>") -> RecipeConfig:
+def build_recipe(raw: dict, overrides: list[str] | None = None, source: str = "<dict>",
+                 base_dir: str | Path | None = None) -> RecipeConfig:
+    """A validated recipe from a dict (a parsed YAML file) and ``key=value`` overrides.
+
+    Relative input paths of ``raw`` resolve against ``base_dir`` (the recipe file's folder; None: the
+    working directory), those of overrides against the working directory. Errors name the offending key,
+    the stage by name, and the override that set it (or ``source`` when the file did).
+    """
     raw = copy.deepcopy(raw)
     defaults = raw.pop("defaults", {}) or {}
     stages = raw.pop("stages", None)
-    if not stages:
+    if not stages or not isinstance(stages, list):
         raise ConfigError(f"{source}: a recipe needs a non-empty `stages` list")
-    merged = [_deep_merge(defaults, s) for s in stages]
+    merged = [_deep_merge(defaults, s) if isinstance(s, dict) else s for s in stages]
+    if base_dir is not None:
+        for s in merged:
+            _resolve_input_paths(s, Path(base_dir))
     top = raw
-    for item in overrides or []:
-        key, value = _split_override(item)
-        parts = key.split(".")
-        if parts[0] in ("name", "output_dir"):
-            top[parts[0]] = value
-        elif parts[0] == "stages":
-            if len(parts) < 3:
-                raise ConfigError(f"override {item!r}: use stages.<stage name>.<key>=<value>")
-            target = [s for s in merged if s.get("name") == parts[1]]
-            if not target:
-                raise ConfigError(f"override {item!r}: no stage named {parts[1]!r}")
-            _set_dotted(target[0], parts[2:], value)
-        else:
-            for s in merged:
-                _set_dotted(s, parts, value)
+    applied = [_apply_override(item, top, merged) for item in overrides or []]
+    for s in merged:
+        _resolve_input_paths(s, Path.cwd())
     top["stages"] = merged
     try:
         return RecipeConfig.model_validate(top)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, source)) from None
+        raise ConfigError(_explain(exc, source, merged, applied)) from None
+
+
+# keys (dotted, inside a stage) that name files or folders vlmbed reads
+INPUT_PATH_KEYS = ("model.path", "data.sources[].path", "data.sources[].image_root")
+MODEL_PATH_WORDS = ("tiny", "previous")
+
+
+def _resolve_input_paths(stage: Any, base: Path) -> None:
+    """Make a stage's relative input paths (:data:`INPUT_PATH_KEYS`) absolute against ``base``, in place."""
+    if not isinstance(stage, dict):
+        return
+    model = stage.get("model")
+    if isinstance(model, dict) and isinstance(model.get("path"), str) and model["path"] not in MODEL_PATH_WORDS:
+        model["path"] = _absolute(model["path"], base)
+    data = stage.get("data")
+    sources = data.get("sources") if isinstance(data, dict) else None
+    for src in sources if isinstance(sources, list) else []:
+        for key in ("path", "image_root"):
+            if isinstance(src, dict) and isinstance(src.get(key), str) and src[key]:
+                src[key] = _absolute(src[key], base)
+
+
+def _absolute(value: str, base: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _apply_override(item: str, top: dict, stages: list) -> tuple[str, list[str], str | None]:
+    """Apply one ``key=value`` override; returns (the override, its key parts inside a stage, stage name)."""
+    key, value = _split_override(item)
+    parts = key.split(".")
+    if parts[0] in ("name", "output_dir") and len(parts) == 1:
+        top[parts[0]] = value
+        return item, parts, None
+    if parts[0] == "stages":
+        names = [s.get("name") for s in stages if isinstance(s, dict)]
+        if len(parts) < 3:
+            raise ConfigError(f"override {item!r}: use stages.<stage name>.<key>=<value> (stages: {names})")
+        target = [s for s in stages if isinstance(s, dict) and s.get("name") == parts[1]]
+        if not target:
+            raise ConfigError(f"override {item!r}: no stage named {parts[1]!r}; stages: {names}")
+        _set_dotted(target[0], parts[2:], value, item)
+        return item, parts[2:], parts[1]
+    for s in stages:
+        _set_dotted(s, parts, value, item)
+    return item, parts, None
 
 
 def _split_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not key=value (for example train.lr=2e-5)")
     key, text = item.split("=", 1)
-    return key.strip(), yaml.safe_load(text) if text.strip() else None
+    if not key.strip():
+        raise ConfigError(f"override {item!r} has no key before `=` (for example train.lr=2e-5)")
+    try:
+        return key.strip(), yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from None
 
 
-def _set_dotted(d: dict, parts: list[str], value: Any) -> None:
+def _set_dotted(d: dict, parts: list[str], value: Any, item: str | None = None) -> None:
+    where = f"override {item!r}: " if item else ""
     for p in parts[:-1]:
         nxt = d.setdefault(p, {})
         if not isinstance(nxt, dict):
-            raise ConfigError(f"cannot set {'.'.join(parts)}: {p} is not a section")
+            raise ConfigError(f"{where}cannot set {'.'.join(parts)}: `{p}` is not a section")
         d = nxt
     d[parts[-1]] = value
 
@@ -314,18 +397,39 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _explain(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid config in {source}:"]
+def _explain(exc: ValidationError, source: str, stages: list | None = None,
+             overrides: list[tuple[str, list[str], str | None]] | None = None) -> str:
+    """One line per validation error: the key, the stage by name, and the override that set it (if one did)."""
+    lines = [f"invalid config (recipe {source}):"]
     for err in exc.errors():
-        loc = list(err["loc"])
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p in ("infonce", "mlm", "mae"))]
+        stage = None
         if len(loc) >= 2 and loc[0] == "stages" and isinstance(loc[1], int):
-            loc = ["stages", f"#{loc[1]}"] + loc[2:]
-        key = ".".join(str(p) for p in loc if not (isinstance(p, str) and p in ("infonce",)))
+            s = (stages or [])[loc[1]] if loc[1] < len(stages or []) else None
+            stage = s.get("name") if isinstance(s, dict) and s.get("name") else f"#{loc[1]}"
+            loc = loc[2:]
+        key = ".".join(str(p) for p in ([f"stages.{stage}"] if stage is not None else []) + loc)
+        blame = _blame(loc, stage, overrides or [])
+        where = f"override `{blame}`" if blame else f"{source}"
+        where += f", stage `{stage}`" if stage is not None else ""
         if err["type"] == "extra_forbidden":
-            lines.append(f"  unknown key `{key}` (check the spelling; see docs/recipes for the schema)")
+            lines.append(f"  {where}: unknown key `{key}` (check the spelling; see docs/recipes.md for the schema)")
+        elif key:
+            lines.append(f"  {where}: `{key}`: {err['msg']} (got {err.get('input')!r})")
         else:
-            lines.append(f"  `{key}`: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"  {where}: {err['msg']}")
     return "\n".join(lines)
+
+
+def _blame(loc: list, stage: str | None, overrides: list[tuple[str, list[str], str | None]]) -> str | None:
+    """The last override whose key is ``loc`` or a section above it (for ``stage``), if any."""
+    path = [str(p) for p in loc]
+    for item, parts, only in reversed(overrides):
+        if only is not None and only != stage:
+            continue
+        if (stage is None) == (parts[0] in ("name", "output_dir")) and path[: len(parts)] == parts:
+            return item
+    return None
 
 
 def dump_yaml(model: BaseModel) -> str:

@@ -1,6 +1,6 @@
 """Hard-negative mining: for each training query, the most similar candidates that are not its answer.
 
-``vlmbed mine --model M --data train.jsonl --out train.neg.jsonl -k 8`` encodes every query (role
+``vlmbed mine --model M --input train.jsonl --out train.neg.jsonl -k 8`` encodes every query (role
 "query") and every candidate (role "document"), and writes each record back with ``negatives`` filled
 with its ``k`` best-scoring candidates, after excluding:
 
@@ -14,8 +14,11 @@ with its ``k`` best-scoring candidates, after excluding:
 Candidates are the distinct positives of the file (of the same ``task`` by default, as MMEB-style
 mining does), or the items of a separate corpus file (``corpus=``, the index items format). The training
 file format is the generic jsonl of :mod:`vlmbed.data.jsonl`; every field is written back unchanged
-except ``negatives`` (existing negatives are kept first with ``keep_existing``), and image paths are
-written relative to the output file. Used by the UniME (k=8, β=0.1) and MoCa (2 negatives) recipes.
+except ``negatives``, and image paths are written relative to the output file. A record's own (curated)
+negatives are kept, first, and never mined again (``keep_existing=False``, ``--replace-existing``:
+replaced by the mined ones); the report counts them either way (``existing_kept`` / ``existing_dropped``),
+and ``short`` counts the records that got fewer than ``k`` mined negatives. Used by the UniME (k=8,
+β=0.1) and MoCa (2 negatives) recipes.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class MineSettings:
     margin: float | None = 0.1
     skip_top: int = 0
     same_task: bool = True
-    keep_existing: bool = False
+    keep_existing: bool = True  # keep each record's curated negatives (first); False replaces them
     batch_size: int = 32
 
     def __post_init__(self) -> None:
@@ -55,8 +58,12 @@ class MineSettings:
 class MineReport:
     records: int = 0
     negatives_written: int = 0
-    short: int = 0  # records that got fewer than k negatives
+    short: int = 0  # records that got fewer than k mined negatives
+    records_with_existing: int = 0  # records that came with curated negatives
+    existing_kept: int = 0  # curated negatives written back
+    existing_dropped: int = 0  # curated negatives replaced (keep_existing=False)
     excluded_positive: int = 0
+    excluded_existing: int = 0  # candidates already among the record's curated negatives
     excluded_duplicate: int = 0
     excluded_false_negative: int = 0
     excluded_label: int = 0
@@ -74,6 +81,7 @@ class _Record:
     positive: Item
     task: str
     label: str | None
+    existing: set = field(default_factory=set)  # keys of the record's curated negatives
 
 
 @dataclass
@@ -100,7 +108,20 @@ def _parse(raw, path: Path, where: str) -> _Record:
     query = _item(raw, "query", path.parent, where)
     positive = _item(raw, "positive", path.parent, where)
     label = raw.get("label")
-    return _Record(raw, where, query, positive, str(raw.get("task") or ""), None if label is None else str(label))
+    return _Record(raw, where, query, positive, str(raw.get("task") or ""), None if label is None else str(label),
+                   _existing_keys(raw.get("negatives"), path.parent))
+
+
+def _existing_keys(negatives, root: Path) -> set:
+    """Content keys of a record's curated negatives (strings or {text, image, instruction} objects)."""
+    keys = set()
+    for neg in negatives if isinstance(negatives, list) else []:
+        if isinstance(neg, str) and neg:
+            keys.add(Item(text=neg).key())
+        elif isinstance(neg, dict) and (neg.get("text") or neg.get("image")):
+            keys.add(Item(text=neg.get("text") or "", image=_resolve(neg.get("image"), root),
+                          instruction=neg.get("instruction") or "").key())
+    return keys
 
 
 def _item(raw: dict, role: str, root: Path, where: str) -> Item:
@@ -232,8 +253,9 @@ def _mine_group(qvec, pvec, recs, own, rows, pool, cvec, settings: MineSettings,
 
 def _select(rec: _Record, own_row: int, rows, idx, scores, pos_score: float, pvec, cvec, pool, settings):
     """Walk one query's ranked candidates, applying the exclusion rules; return picks and exclusion counts."""
-    counts = {"positive": 0, "label": 0, "false_negative": 0, "duplicate": 0}
+    counts = {"positive": 0, "existing": 0, "label": 0, "false_negative": 0, "duplicate": 0}
     banned = {rec.positive.key(), rec.query.key()}
+    existing = rec.existing if settings.keep_existing else set()
     picks, skipped = [], 0
     for local, score in zip(idx, scores, strict=True):
         if local < 0:
@@ -242,6 +264,8 @@ def _select(rec: _Record, own_row: int, rows, idx, scores, pos_score: float, pve
         cand = pool[row]
         if row == own_row or cand.item.key() in banned:
             counts["positive"] += 1
+        elif cand.item.key() in existing:
+            counts["existing"] += 1
         elif rec.label is not None and (rec.task, rec.label) in cand.labels:
             counts["label"] += 1
         elif settings.margin is not None and score > pos_score + settings.margin:
@@ -259,6 +283,7 @@ def _select(rec: _Record, own_row: int, rows, idx, scores, pos_score: float, pve
 
 def _add_counts(report: MineReport, counts: dict) -> None:
     report.excluded_positive += counts["positive"]
+    report.excluded_existing += counts["existing"]
     report.excluded_label += counts["label"]
     report.excluded_false_negative += counts["false_negative"]
     report.excluded_duplicate += counts["duplicate"]
@@ -277,6 +302,9 @@ def _write(records, mined, pool, data_dir: Path, out: Path, settings: MineSettin
             existing = [_relink_negative(n, data_dir, out_dir) for n in raw.get("negatives") or []]
             new = [_negative_entry(pool[row].entry, out_dir) for row in picks]
             raw["negatives"] = (existing if settings.keep_existing else []) + new
+            report.records_with_existing += bool(existing)
+            report.existing_kept += len(existing) if settings.keep_existing else 0
+            report.existing_dropped += 0 if settings.keep_existing else len(existing)
             report.negatives_written += len(new)
             report.short += len(new) < settings.k
             fh.write(json.dumps(raw, ensure_ascii=False) + "\n")

@@ -16,11 +16,13 @@ def run_quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | N
     recipe = load_recipe("quickstart", [f"output_dir={out}", *(overrides or [])])
     runs = run_recipe(recipe)
     last = runs[-1]
-    print_table(last.results_after, last.results_before, title="quickstart: digits suite, held-out test split")
     seconds = time.time() - start
-    before = f"untrained overall precision@1: {100 * last.results_before['overall']:.1f}   " \
-        if last.results_before else ""
-    print(f"{before}trained: {100 * last.results_after['overall']:.1f}   ({seconds:.0f} s)")
+    if last.results_after is not None:  # None with eval.suite=none
+        print_table(last.results_after, last.results_before, title="quickstart: digits suite, held-out test split")
+        before = f"untrained overall precision@1: {100 * last.results_before['overall']:.1f}   " \
+            if last.results_before else ""
+        reused = ", reused: already trained with this config" if last.reused else ""
+        print(f"{before}trained: {100 * last.results_after['overall']:.1f}   ({seconds:.0f} s{reused})")
     print(f"model:   {last.result.model_dir}\nresults: {last.stage_dir / 'results.json'}\n"
           f"report:  {last.stage_dir / 'report.html'}")
     return {"before": last.results_before, "after": last.results_after, "seconds": seconds,

@@ -16,6 +16,19 @@ from PIL import Image
 
 ImageLike = Image.Image | str | Path | bytes | None
 
+# ---- role names, defined here only
+# A batch is a dict keyed by role; an item is encoded for a role (its template, its chat format).
+QUERY, POSITIVE, NEGATIVES, DOCUMENT = "query", "positive", "negatives", "document"
+CONTRASTIVE_ROLES = (QUERY, POSITIVE, NEGATIVES)  # the roles of a contrastive batch, in encoding order
+ENCODE_ROLES = (QUERY, DOCUMENT)  # the roles an item is encoded for (templates, chat formats, encode(role=))
+# batch and benchmark roles encoded as a document
+ROLE_ALIASES = {POSITIVE: DOCUMENT, NEGATIVES: DOCUMENT, "candidate": DOCUMENT, "target": DOCUMENT}
+
+
+def encode_role(role: str) -> str:
+    """The role an item is encoded for: ``positive``/``negatives``/``candidate``/``target`` -> ``document``."""
+    return ROLE_ALIASES.get(role, role)
+
 
 @dataclass(frozen=True)
 class Item:

@@ -23,7 +23,7 @@ def test_flags_and_env_reach_settings(monkeypatch, tmp_path):
     monkeypatch.setattr(vlmbed.serve, "run_server", lambda model, settings, **kw: seen.update(settings=settings, **kw))
     monkeypatch.setenv("VLMBED_API_KEY", "from-env")
     model = tmp_path / "my-model"
-    r = CliRunner().invoke(app, ["serve", str(model), "--port", "9123", "--max-batch-size", "8", "--max-wait-ms", "2",
+    r = CliRunner().invoke(app, ["serve", "--model", str(model), "--port", "9123", "--max-batch-size", "8", "--max-wait-ms", "2",
                                  "--max-body-mb", "1", "--allow-remote-images", "--pooling", "mean"])
     assert r.exit_code == 0, r.output
     s = seen["settings"]
@@ -36,7 +36,7 @@ def test_vlmbed_serve_subprocess_serves_and_stops_on_sigterm(tiny_model_dir, emb
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-c", "from vlmbed.cli import main; main()", "serve", str(tiny_model_dir), "--port",
+    cmd = [sys.executable, "-c", "from vlmbed.cli import main; main()", "serve", "--model", str(tiny_model_dir), "--port",
            str(port), "--pooling", "mean", "--attention", "bidirectional", "--log-level", "info"]
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -56,6 +56,7 @@ class SlowEmbedder:
     def __init__(self, embedder, delay: float):
         self.inner, self.delay = embedder, delay
         self.hidden_size, self.processor, self.encoder = embedder.hidden_size, embedder.processor, embedder.encoder
+        self.adapter = embedder.adapter
 
     def encode(self, items, **kwargs):
         time.sleep(self.delay)

@@ -36,7 +36,7 @@ def test_fixed_plan_is_a_function_of_seed_and_epoch_and_uses_each_example_once()
     b = BatchPlan(600, BatchingSpec(batch_size=8), world=2, seed=3, tasks=tasks)
     assert a.epoch(0) == b.epoch(0) and a.epoch(1) != a.epoch(0)
     used = _flat(a)
-    assert len(used) == len(set(used)) == 592  # 37 global batches of 2 x 8; the rest dropped
+    assert len(used) == len(set(used)) == 592  # 37 global batches of 2 x 8; 8 left out (noted)
     assert all(len(part) == 8 for gb in a.epoch(0) for part in gb)
 
 
@@ -160,3 +160,30 @@ def test_a_small_task_that_repetition_cannot_fill_is_an_error_naming_it():
     spec = BatchingSpec(batch_size=4, homogeneous=True, unique_positives=True)
     with pytest.raises(ValueError, match=r"task 'small' has too few distinct positives"):
         BatchPlan(len(tasks), spec, world=2, tasks=tasks, keys=keys).epoch(0)
+
+
+def test_the_last_partial_batch_is_left_out_with_a_printed_count(capsys):
+    plan = BatchPlan(20, BatchingSpec(batch_size=8), seed=0)
+    used = _flat(plan)
+    assert len(plan) == 2 and len(used) == len(set(used)) == 16  # 20 rows at batch 8: 2 full batches
+    assert plan.left_out == {0: 4}
+    out = capsys.readouterr().out
+    assert out.count("note:") == 1 and "4 of 20 examples are not in epoch 0's batches" in out
+    assert "8 per process x 1 process(es)" in out and "data.batch_size" in out
+    assert set(_flat(plan, 1)) != set(used) and plan.left_out[1] == 4  # another shuffle leaves out others
+    assert capsys.readouterr().out == ""  # printed once per plan
+    # two processes: every process gets the same number of full batches, the rest is counted
+    two = [BatchPlan(20, BatchingSpec(batch_size=4), world=2, rank=r, seed=0) for r in range(2)]
+    assert [len(p.epoch(0)) for p in two] == [2, 2] and two[1].left_out == {0: 4}
+    assert all(len(part) == 4 for gb in two[0].epoch(0) for part in gb)
+    assert capsys.readouterr().out.count("note:") == 1  # only the first process prints
+
+
+def test_homogeneous_leftovers_are_counted_and_an_exact_fit_prints_nothing(capsys):
+    tasks = ["a"] * 10 + ["b"] * 7
+    plan = BatchPlan(17, BatchingSpec(batch_size=4, homogeneous=True), seed=0, tasks=tasks)
+    assert len(plan) == 3 and plan.left_out == {0: 5}  # a: 2 + 2 left, b: 1 + 3 left
+    assert "5 of 17 examples" in capsys.readouterr().out
+    exact = BatchPlan(16, BatchingSpec(batch_size=8), seed=0)
+    assert exact.epoch(0) and exact.left_out == {0: 0}
+    assert capsys.readouterr().out == ""

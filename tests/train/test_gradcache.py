@@ -123,3 +123,32 @@ def test_nonfinite_loss_skips_the_backward(f32_embedder):
                             lambda loss, last: calls.append(last))
     assert not out.finite and calls == []
     assert all(p.grad is None for p in f32_embedder.parameters())
+
+
+def test_chunks_ask_the_family_adapter(f32_embedder):
+    """Chunks cut images through the model's adapter (explicit or found from the inputs' layout), and a
+    family whose adapter cannot split, or image inputs no adapter knows, fail loudly instead of dropping
+    pixels."""
+    from vlmbed.models.adapters import CannotSplitError, FamilyAdapter, QwenVLAdapter
+    from vlmbed.train.chunks import concat_rows, first_row, has_media, split_by_sizes
+
+    pos = train_batch(f32_embedder, digits_examples(tasks=("digits_t2i", "digits_grounding"), per_task=3))["positive"]
+    explicit = split_by_sizes(pos, [1, 3, 2], adapter=f32_embedder.adapter)
+    inferred = split_by_sizes(pos, [1, 3, 2])
+    for a, b in zip(explicit, inferred, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
+    joined = concat_rows(explicit[0], explicit[1], adapter=f32_embedder.adapter)
+    assert torch.equal(joined["pixel_values"], torch.cat([c["pixel_values"] for c in explicit[:2] if "pixel_values" in c]))
+    assert has_media(pos) and has_media(first_row(pos, adapter=f32_embedder.adapter)) == has_media(explicit[0])
+
+    class NoSplit(QwenVLAdapter):
+        split_media = FamilyAdapter.split_media  # the base class's: this family cannot split
+
+    with pytest.raises(CannotSplitError, match="gradcache_chunk=null"):
+        split_by_sizes(pos, [3, 3], adapter=NoSplit())
+    unknown = {**{k: v for k, v in pos.items() if k not in ("pixel_values", "image_grid_thw")},
+               "pixel_values": pos["pixel_values"], "image_sizes": torch.ones(2, 2)}
+    with pytest.raises(CannotSplitError, match="no family adapter"):
+        split_by_sizes(unknown, [3, 3])
+    text = {k: v for k, v in pos.items() if k not in ("pixel_values", "image_grid_thw")}
+    assert not has_media(text) and [c["input_ids"].shape[0] for c in split_by_sizes(text, [2, 4])] == [2, 4]

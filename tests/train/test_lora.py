@@ -8,7 +8,8 @@ import torch
 
 from vlmbed.config import LoraSettings, build_recipe
 from vlmbed.models.embedder import Embedder
-from vlmbed.models.lora import apply_lora, export_merged, lora_targets
+from vlmbed.models.export import export_merged
+from vlmbed.models.lora import apply_lora, lora_targets
 from vlmbed.types import Item
 
 
@@ -67,7 +68,7 @@ def test_lora_training_exports_merged_weights_equal_to_the_adapter_model(tiny_mo
     from vlmbed.cli import _register, app
 
     _register()
-    res = CliRunner().invoke(app, ["export-merged", str(stage / "adapter"), str(tmp_path / "cli-exported")])
+    res = CliRunner().invoke(app, ["export-merged", "--model", str(stage / "adapter"), "--out", str(tmp_path / "cli-exported")])
     assert res.exit_code == 0, res.output
     cli = Embedder.from_pretrained(tmp_path / "cli-exported")
     assert np.abs(cli.encode(_items()) - adapter.encode(_items())).max() < 1e-5

@@ -17,6 +17,22 @@ app = typer.Typer(
 )
 
 
+def _version(show: bool) -> None:
+    if show:
+        from vlmbed import __version__
+
+        typer.echo(f"vlmbed {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the vlmbed version and exit."),
+) -> None:
+    """Turn vision-language models into multimodal embedding models: train, evaluate, serve."""
+
+
 def _register() -> None:
     from importlib import import_module
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from vlmbed.cli import app
+from vlmbed.cli.common import Suite, absolute
 
 data_app = typer.Typer(help="Benchmark data: validate downloads before any model runs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -25,7 +26,7 @@ def _options(pairs: list[str] | None) -> dict:
 
 @data_app.command("check")
 def check(
-    suite: str = typer.Argument(..., help="Benchmark suite: mmeb, vidore or mbeir."),
+    suite: str = typer.Argument(..., help="Benchmark suite: " + ", ".join(s.value for s in Suite) + "."),
     data_dir: Path = typer.Argument(..., help="Folder with the suite's files."),
     tasks: list[str] = typer.Option(None, "--tasks", help="Only these datasets (repeat the option)."),
     images: bool = typer.Option(True, "--images/--no-images", help="Check that every referenced image exists."),
@@ -38,6 +39,7 @@ def check(
     """
     from vlmbed.eval import check_suite
 
+    data_dir = absolute(data_dir)
     if not data_dir.exists():
         typer.secho(f"error: {data_dir} does not exist", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)

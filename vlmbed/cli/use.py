@@ -8,23 +8,19 @@ from pathlib import Path
 import typer
 
 from vlmbed.cli import app
+from vlmbed.cli.common import Attention, DType, IndexKind, Pooling, Role, absolute, fail, value
 
 index_app = typer.Typer(help="Build and search a vector index of a corpus.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 
 
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
-def _overrides(pooling: str | None, attention: str | None) -> dict:
-    return {k: v for k, v in (("pooling", pooling), ("attention", attention)) if v}
+def _overrides(pooling: Pooling | None, attention: Attention | None) -> dict:
+    return {k: value(v) for k, v in (("pooling", pooling), ("attention", attention)) if v}
 
 
 @app.command()
 def serve(
-    model: Path = typer.Argument(..., help="Model folder (vlmbed save or Hugging Face VLM folder)."),
+    model: Path = typer.Option(..., "--model", help="Model folder (vlmbed save or Hugging Face VLM folder)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
     port: int = typer.Option(8000, "--port"),
     api_key: str = typer.Option(None, "--api-key", envvar="VLMBED_API_KEY",
@@ -39,18 +35,19 @@ def serve(
     allow_remote_images: bool = typer.Option(False, "--allow-remote-images",
                                              help="Fetch http(s) image URLs (off: only data URLs / base64)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
+    dtype: DType = typer.Option(DType.auto, "--dtype", help="Weights' dtype (auto: the checkpoint's)."),
     threads: int = typer.Option(None, "--threads",
                                 help="torch CPU threads (default on CPU: every core but one, kept for the event loop)."),
-    pooling: str = typer.Option(None, "--pooling", help="Override the saved pooling (last or mean)."),
-    attention: str = typer.Option(None, "--attention", help="Override the saved attention (causal/bidirectional)."),
+    pooling: Pooling = typer.Option(None, "--pooling", help="Override the saved pooling."),
+    attention: Attention = typer.Option(None, "--attention", help="Override the saved attention."),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
-    """Serve MODEL with an OpenAI-compatible POST /v1/embeddings (plus GET /v1/models and /health)."""
+    """Serve --model with an OpenAI-compatible POST /v1/embeddings (plus GET /v1/models and /health)."""
     try:
         from vlmbed.serve import ServeSettings, run_server
     except ImportError as exc:
-        _fail(ImportError(f"{exc}; serving needs fastapi and uvicorn: pip install fastapi 'uvicorn[standard]'"))
+        fail(ImportError(f"{exc}; serving needs fastapi and uvicorn: pip install fastapi 'uvicorn[standard]'"))
+    model = absolute(model)
 
     try:
         settings = ServeSettings(
@@ -58,10 +55,10 @@ def serve(
             max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_bytes=int(max_body_mb * 1024 * 1024),
             max_items_per_request=max_items, max_image_pixels=max_image_pixels,
             allow_remote_images=allow_remote_images)
-        run_server(model, settings, host=host, port=port, device=device, dtype=dtype, threads=threads,
+        run_server(model, settings, host=host, port=port, device=device, dtype=value(dtype), threads=threads,
                    log_level=log_level, **_overrides(pooling, attention))
     except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @index_app.command("build")
@@ -69,8 +66,8 @@ def index_build(
     model: Path = typer.Option(..., "--model", help="Model folder."),
     input: Path = typer.Option(..., "--input", help="Items jsonl: {id, text, image, instruction, ...metadata}."),
     out: Path = typer.Option(..., "--out", help="Index folder to write."),
-    kind: str = typer.Option("auto", "--kind", help="auto (flat up to 50k items, else ivf), flat, ivf or hnsw."),
-    role: str = typer.Option("document", "--role", help="Role the corpus is encoded with."),
+    kind: IndexKind = typer.Option(IndexKind.auto, "--kind", help="auto: flat up to 50k items, else ivf."),
+    role: Role = typer.Option(Role.document, "--role", help="Role the corpus is encoded with."),
     batch_size: int = typer.Option(32, "--batch-size"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (reported) instead of failing."),
     nlist: int = typer.Option(None, "--nlist", help="ivf: number of lists (default 4*sqrt(N))."),
@@ -80,12 +77,13 @@ def index_build(
     """Encode every item of --input and save a faiss index with ids and metadata in --out."""
     from vlmbed.index import IndexParams, build_index
 
+    model, input, out = absolute(model), absolute(input), absolute(out)
     try:
         params = IndexParams(nlist=nlist, nprobe=nprobe, ef_search=ef_search)
-        index = build_index(model, input, out, kind=kind, role=role, batch_size=batch_size,
+        index = build_index(model, input, out, kind=kind.value, role=role.value, batch_size=batch_size,
                             on_bad="skip" if skip_bad else "error", params=params, show_progress=True)
     except (ValueError, FileNotFoundError, ImportError) as exc:
-        _fail(exc)
+        fail(exc, "--skip-bad")
     for reason in index.info.get("skipped", []):
         typer.secho(f"skipped: {reason}", fg=typer.colors.YELLOW, err=True)
     typer.echo(json.dumps({"items": len(index), "dim": index.dim, "kind": index.kind,
@@ -94,7 +92,7 @@ def index_build(
 
 @index_app.command("search")
 def index_search(
-    index_dir: Path = typer.Argument(..., help="Index folder from `vlmbed index build`."),
+    index_dir: Path = typer.Option(..., "--index", help="Index folder from `vlmbed index build`."),
     text: str = typer.Option("", "--text", help="Query text."),
     image: Path = typer.Option(None, "--image", help="Query image file."),
     k: int = typer.Option(10, "-k", "--k", help="Number of hits."),
@@ -106,11 +104,12 @@ def index_search(
     from vlmbed.index import search_index
 
     if not text and image is None:
-        _fail(ValueError("give a query: --text, --image, or both"))
+        fail(ValueError("give a query: --text, --image, or both"))
+    index_dir, image, model = absolute(index_dir), absolute(image), absolute(model)
     try:
         hits = search_index(index_dir, text=text, image=image, k=k, instruction=instruction, model=model)
     except (ValueError, FileNotFoundError, ImportError) as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         for hit in hits:
             typer.echo(json.dumps(hit.as_dict(), ensure_ascii=False))
@@ -133,7 +132,7 @@ def _print_hits(hits) -> None:
 @app.command()
 def mine(
     model: Path = typer.Option(..., "--model", help="Model folder used to score candidates."),
-    data: Path = typer.Option(..., "--data", help="Training jsonl (query/positive/... records)."),
+    input: Path = typer.Option(..., "--input", help="Training jsonl (query/positive/... records)."),
     out: Path = typer.Option(..., "--out", help="Output jsonl: the records with `negatives` filled in."),
     k: int = typer.Option(8, "-k", "--k", help="Hard negatives per query (UniME 8, MoCa 2)."),
     dup_threshold: float = typer.Option(0.95, "--dup-threshold",
@@ -143,21 +142,41 @@ def mine(
     skip_top: int = typer.Option(0, "--skip-top", help="Also skip the n best remaining candidates."),
     corpus: Path = typer.Option(None, "--corpus", help="Mine from this items jsonl instead of the file's positives."),
     any_task: bool = typer.Option(False, "--any-task", help="Take candidates from every task, not the query's."),
-    keep_existing: bool = typer.Option(False, "--keep-existing", help="Keep the records' negatives, append mined."),
+    keep_existing: bool = typer.Option(True, "--keep-existing/--replace-existing",
+                                       help="Keep each record's curated negatives (first, then the mined ones), "
+                                       "or replace them with the mined ones."),
     batch_size: int = typer.Option(32, "--batch-size"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (reported) instead of failing."),
 ) -> None:
-    """Write hard negatives per query (excluding the positive, near-duplicates and likely false negatives)."""
+    """Write hard negatives per query (excluding the positive, near-duplicates and likely false negatives).
+
+    Records' own negatives are kept unless --replace-existing; the summary counts them either way.
+    """
     from vlmbed.mine import MineSettings, mine_hard_negatives
 
+    model, input, out, corpus = absolute(model), absolute(input), absolute(out), absolute(corpus)
     try:
         settings = MineSettings(k=k, dup_threshold=dup_threshold, margin=None if margin < 0 else margin,
                                 skip_top=skip_top, same_task=not any_task, keep_existing=keep_existing,
                                 batch_size=batch_size)
-        report = mine_hard_negatives(model, data, out, settings, corpus=corpus,
+        report = mine_hard_negatives(model, input, out, settings, corpus=corpus,
                                      on_bad="skip" if skip_bad else "error", show_progress=True)
     except (ValueError, FileNotFoundError, ImportError) as exc:
-        _fail(exc)
+        fail(exc, "--skip-bad")
     for reason in report.skipped:
         typer.secho(f"skipped: {reason}", fg=typer.colors.YELLOW, err=True)
+    _warn_mine(report, k)
     typer.echo(json.dumps({**report.as_dict(), "out": str(out)}))
+
+
+def _warn_mine(report, k: int) -> None:
+    """Say what happened to curated negatives and to records that got fewer than k mined ones."""
+    if report.existing_dropped:
+        typer.secho(f"replaced {report.existing_dropped} curated negative(s) in {report.records_with_existing} "
+                    "record(s) with mined ones (--replace-existing)", fg=typer.colors.YELLOW, err=True)
+    elif report.existing_kept:
+        typer.echo(f"kept {report.existing_kept} curated negative(s) of {report.records_with_existing} record(s), "
+                   "before the mined ones", err=True)
+    if report.short:
+        typer.secho(f"{report.short} of {report.records} record(s) got fewer than {k} mined negative(s) "
+                    "(too few candidates pass the rules, or an unreadable image)", fg=typer.colors.YELLOW, err=True)

@@ -19,6 +19,14 @@ Task-homogeneous batches (``homogeneous``, or ``task_weights``): every global ba
 task. A task too small to fill one global batch is repeated to fill exactly one per epoch, with a
 printed note naming it (never dropped silently); a task's last partial batch waits for the next
 epoch's shuffle, as in fixed batching.
+
+Partial batches: examples that do not fill a last global batch (fixed: 20 examples at batch 8 on one
+process leave 4; token budget: what the leftover packing cannot fill) are left out of that epoch, so
+every batch is full-sized and every process gets the same number of batches (a smaller last batch would
+also give its queries fewer in-batch negatives). The count is printed once per plan (``note: 4 of 20
+examples are not in epoch 0's batches ...``) and kept in ``BatchPlan.left_out``; each epoch's shuffle
+leaves out different examples. Weighted mixtures (``task_weights``) draw by weight, so coverage there
+is the mixture's and is not noted.
 """
 
 from __future__ import annotations
@@ -30,14 +38,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# costs live in their own module; re-exported here, where the planner's users look for them
 from vlmbed.data.costs import CostModel, example_costs, image_size, padded_cost, padding_waste
-from vlmbed.types import Example
+
+# costs live in their own module; re-exported here, where the planner's users look for them
+from vlmbed.types import CONTRASTIVE_ROLES, Example
 
 __all__ = ["ROLES", "THRESHOLDS", "BatchPlan", "BatchingSpec", "CostModel", "PlanSampler", "PositionedDataset",
            "bucket_of", "example_costs", "group_hash", "image_size", "pack", "padded_cost", "padding_waste"]
 
-ROLES = ("query", "positive", "negatives")
+ROLES = CONTRASTIVE_ROLES
 THRESHOLDS = np.array(sorted({32 * int(1.3**i) for i in range(100)}), dtype=np.float64)
 
 
@@ -150,6 +159,7 @@ class BatchPlan:
                 raise ValueError(f"data.batching.task_weights names unknown task(s) {unknown}; tasks: {sorted(groups)}")
         self._cache: tuple[int, list] | None = None
         self.notes: dict[str, str] = {}  # task -> why it was repeated (printed once, by rank 0)
+        self.left_out: dict[int, int] = {}  # epoch -> examples in no batch (partial last batches)
 
     def epoch(self, epoch: int) -> list[list[list[int]]]:
         """The global batches of ``epoch`` (cached for the current one)."""
@@ -175,7 +185,21 @@ class BatchPlan:
         out = [batches[i] for i in rng.permutation(len(batches))]
         if not out:
             raise ValueError(self._too_few())
+        self._note_left_out(epoch, out)
         return out
+
+    def _note_left_out(self, epoch: int, batches: list) -> None:
+        """Count the examples no batch of ``epoch`` holds (partial last batches); print it once per plan."""
+        left = self.n - len({i for gb in batches for part in gb for i in part})
+        self.left_out[epoch] = left
+        if left and "(left out)" not in self.notes:
+            self.notes["(left out)"] = (
+                f"{left} of {self.n} examples are not in epoch {epoch}'s batches: they do not fill a batch of "
+                f"{self._batch_words()} x {self.world} process(es) (the last partial batch is dropped, so every "
+                "batch is full and every process gets the same number; the next epoch's shuffle leaves out "
+                "others). Lower data.batch_size or add examples to use them all in one epoch")
+            if self.rank == 0:
+                print(f"note: {self.notes['(left out)']}", flush=True)
 
     def _task_batches(self, name: str, members: np.ndarray, rng) -> list:
         """One task's batches (or all examples', when batches do not follow tasks).

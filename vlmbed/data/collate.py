@@ -1,125 +1,22 @@
-"""Turn records into processor inputs, keyed by role.
+"""Turn records into batches, keyed by role.
 
-:class:`ItemEncoder` formats items with the per-role template and runs the family's processor;
 :class:`ContrastiveCollator` turns a list of :class:`~vlmbed.types.Example` into a batch dict keyed by
 role (``query``, ``positive``, ``negatives``) plus what objectives need beside the tensors
-(``group_ids`` for false-negative masking, ``negative_owner``, ``tasks``).
+(``group_ids`` for false-negative masking, ``negative_owner``, ``tasks``). Items become processor
+inputs through the model's :class:`~vlmbed.models.inputs.ItemEncoder` (re-exported here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from vlmbed.types import Example, Item
+from vlmbed.models.inputs import DEFAULT_TEMPLATES, ROLE_ALIASES, ItemEncoder, render_chat
+from vlmbed.types import DOCUMENT, NEGATIVES, POSITIVE, QUERY, Example
 
-DEFAULT_TEMPLATES = {"query": "{instruction}{image}{text}", "document": "{instruction}{image}{text}"}
-ROLE_ALIASES = {"positive": "document", "negatives": "document", "candidate": "document", "target": "document"}
-
-
-@dataclass
-class ItemEncoder:
-    """Formats items for a role and calls the processor. Right padding, explicit EOS when asked.
-
-    A role is rendered by its plain template (``{instruction}{image}{text}``), or, when ``chat`` has the
-    role, through the processor's chat template (:func:`render_chat`), so that checkpoints trained in a
-    chat format are encoded the way they were trained. ``max_length`` bounds the whole sequence, image
-    tokens counted (``image_tokens(width, height)``): the item's text is cut to fit, an image never is.
-    """
-
-    processor: object
-    image_placeholder: str
-    templates: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
-    append_eos: str | None = None  # token appended to every sequence (for last/EOS pooling)
-    max_text_tokens: int | None = None
-    chat: dict[str, dict] | None = None  # role -> chat format (see render_chat)
-    max_length: int | None = None  # tokens per sequence, image tokens counted
-    image_tokens: Callable[[int, int], int] | None = None  # (width, height) -> language-model image tokens
-
-    def format(self, item: Item, role: str, image_tokens: int = 0) -> str:
-        """The sequence text of ``item`` for ``role``; ``image_tokens``: the item's image's tokens (for the
-        ``max_length`` bound)."""
-        role = ROLE_ALIASES.get(role, role)
-        if role not in self.templates and role not in (self.chat or {}):
-            raise ValueError(f"no template for role {role!r}; known roles: {', '.join(sorted(self.templates))}")
-        limit = self._text_budget(item, role, image_tokens)
-        return self._render(item, role, self._truncate(item.text, limit))
-
-    def _render(self, item: Item, role: str, text: str) -> str:
-        image = self.image_placeholder if item.has_image else ""
-        if (self.chat or {}).get(role) is not None:
-            out = render_chat(self.processor, self.chat[role], instruction=item.instruction, image=image, text=text)
-        else:
-            out = self.templates[role].format(instruction=item.instruction, image=image, text=text)
-        return out + (self.append_eos or "")
-
-    def _count(self, text: str) -> int:
-        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def _text_budget(self, item: Item, role: str, image_tokens: int) -> int | None:
-        """Text tokens the item may keep: ``max_text_tokens``, and what ``max_length`` leaves after the
-        template, the EOS and the image's tokens (its placeholder counts as one token before expansion)."""
-        if not self.max_length:
-            return self.max_text_tokens
-        fixed = self._count(self._render(item, role, ""))
-        if item.has_image and image_tokens:
-            fixed += image_tokens - 1  # the processor expands the one image-pad token to the image's tokens
-        room = self.max_length - fixed
-        if room < 0:
-            raise ValueError(
-                f"{item.source or 'an item'} ({role}): its image and template take {fixed} tokens, more than "
-                f"model.max_length={self.max_length}; raise model.max_length or lower model.max_pixels"
-            )
-        return room if self.max_text_tokens is None else min(room, self.max_text_tokens)
-
-    def _truncate(self, text: str, limit: int | None) -> str:
-        if limit is None or len(text) <= limit:
-            return text
-        tok = self.processor.tokenizer
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        return text if len(ids) <= limit else tok.decode(ids[:limit])
-
-    def __call__(self, items: list[Item], role: str) -> dict[str, torch.Tensor]:
-        images = [item.load_image() for item in items if item.has_image]
-        sizes = iter(images)
-        texts = [self.format(item, role, self._image_tokens(next(sizes)) if item.has_image else 0) for item in items]
-        enc = self.processor(
-            text=texts, images=images or None, padding=True, return_tensors="pt", padding_side="right"
-        )
-        return dict(enc)
-
-    def _image_tokens(self, image) -> int:
-        if not self.max_length or self.image_tokens is None:
-            return 0
-        return int(self.image_tokens(*image.size))
-
-
-def render_chat(processor, spec: dict, instruction: str, image: str, text: str) -> str:
-    """One item through the processor's chat template.
-
-    ``spec``: ``system`` (template of the system turn, e.g. ``"{instruction}"``; empty or absent: no system
-    message, so the chat template's own default applies), ``user`` (template of the user turn, default
-    ``"{instruction}{image}{text}"`` without a system template, ``"{image}{text}"`` with one),
-    ``generation_prompt`` (append the assistant prefix; default false) and ``suffix`` (text after it, for
-    example the token that last-token pooling reads).
-    """
-    template = getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)
-    if not template:
-        raise ValueError("model.chat is set but the processor has no chat template; save one with the model "
-                         "(chat_template.jinja) or use model.templates instead")
-    fields = {"instruction": instruction, "image": image, "text": text}
-    system = (spec.get("system") or "").format(**fields)
-    default_user = "{image}{text}" if spec.get("system") else "{instruction}{image}{text}"
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": spec.get("user", default_user).format(**fields)}
-    ]
-    out = processor.tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=bool(spec.get("generation_prompt", False)),
-        chat_template=template,
-    )
-    return out + spec.get("suffix", "")
+__all__ = ["DEFAULT_TEMPLATES", "ROLE_ALIASES", "ContrastiveCollator", "ItemEncoder", "group_ids", "group_key",
+           "render_chat"]
 
 
 @dataclass
@@ -138,9 +35,9 @@ class ContrastiveCollator:
             negatives.extend(negs)
             owner.extend([i] * len(negs))
         return {
-            "query": self.encoder(queries, "query"),
-            "positive": self.encoder(positives, "document"),
-            "negatives": self.encoder(negatives, "document") if negatives else None,
+            QUERY: self.encoder(queries, QUERY),
+            POSITIVE: self.encoder(positives, DOCUMENT),
+            NEGATIVES: self.encoder(negatives, DOCUMENT) if negatives else None,
             "negative_owner": torch.tensor(owner, dtype=torch.long),
             "group_ids": group_ids(examples),
             "tasks": [ex.task for ex in examples],

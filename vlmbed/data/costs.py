@@ -41,9 +41,8 @@ class CostModel:
         proc = self.encoder.processor
         self.tokenizer = proc.tokenizer
         self.image_processor = getattr(proc, "image_processor", None)
-        self.merge = int(getattr(self.image_processor, "merge_size", 1) or 1)
         self.placeholder = len(self.tokenizer(self.encoder.image_placeholder, add_special_tokens=False)["input_ids"])
-        self.tokens_of = image_tokens_fn(self.encoder)  # (width, height) -> image tokens
+        self.tokens_of = image_tokens_fn(self.encoder)  # (width, height) -> image tokens (family adapter's rule)
 
     def image_tokens(self, item: Item) -> int:
         try:
@@ -68,7 +67,8 @@ class CostModel:
     def fingerprint(self) -> str:
         t = self.encoder.templates
         pixels = repr(getattr(self.image_processor, "size", None))  # resizing bounds change image tokens
-        return f"{self.kind}|{len(self.tokenizer)}|{self.merge}|{json.dumps(t, sort_keys=True)}|" \
+        probe = self.tokens_of(448, 336) if self.image_processor is not None else 0  # the family's image cost
+        return f"{self.kind}|{len(self.tokenizer)}|{probe}|{json.dumps(t, sort_keys=True)}|" \
                f"{self.encoder.append_eos}|{self.encoder.max_text_tokens}|{self.max_length}|{pixels}"
 
 

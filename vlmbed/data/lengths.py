@@ -17,7 +17,6 @@ image that does not fit is dropped together with everything after it (MoCa's
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,10 +24,11 @@ IMAGE_MARK = "<image>"
 
 
 def image_token_count(image_processor, width: int, height: int) -> int:
-    """Tokens of a ``width x height`` image after the processor's resizing (MoCa's ``ceil(h/28) *
-    ceil(w/28)`` estimate for processors that cannot say)."""
+    """Tokens of a ``width x height`` image after the processor's resizing, asked of the processor itself
+    (the family adapter's ``image_tokens`` is the rule an Embedder's encoder carries)."""
     if image_processor is None or not hasattr(image_processor, "get_number_of_image_patches"):
-        return math.ceil(height / 28) * math.ceil(width / 28)
+        raise ValueError(f"{type(image_processor).__name__} cannot say how many tokens an image costs; build the "
+                         "encoder from an Embedder (its family adapter's image_tokens) or pass image_tokens=...")
     merge = int(getattr(image_processor, "merge_size", 1) or 1)
     return image_processor.get_number_of_image_patches(height, width, {}) // (merge**2)
 

@@ -3,8 +3,9 @@
 Text: every non-special token is replaced by ``<|mask|>`` with probability ``ratio`` (no BERT
 80/10/10, as MoCa's collator); labels hold the original id at masked positions, -100 elsewhere.
 
-Image: Qwen-VL ``pixel_values`` are rows of flattened patches, and every ``merge**2`` consecutive
-rows form one *unit*, the patches that become one ``<|image_pad|>`` token in the language model.
+Image: ``pixel_values`` are rows of flattened patches, and every ``merge**2`` consecutive rows form
+one *unit*, the patches that become one image token in the language model (the family adapter says
+``merge``: ``adapter.merge_size(processor)``, and which tokens are units: ``adapter.image_unit_mask``).
 Units are masked with probability ``ratio``; a masked unit's patches are replaced by Gaussian noise
 *before* the vision encoder (paper: a fresh N(0, 1) vector per patch; MoCa's code: one vector shared
 by every masked patch of the batch, ``noise="shared"``). The targets are the original
@@ -50,7 +51,7 @@ def mask_text(
 @dataclass
 class ImageMask:
     pixel_values: torch.Tensor  # (P, D) with masked units' patches replaced by noise
-    unit_mask: torch.Tensor  # (U,) bool, one entry per <|image_pad|> token in sequence order
+    unit_mask: torch.Tensor  # (U,) bool, one entry per image-unit token in sequence order
     targets: torch.Tensor  # (M * merge**2, D) original patches of the masked units, in order
 
 

@@ -21,6 +21,7 @@ objectives need.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +121,8 @@ class PretrainCollator:
     seed: int = 0
     max_length: int | None = None
     on_bad_image: str = "error"
+    # (input_ids, image token id) -> (B, T) bool at the image units: the family adapter's rule
+    image_unit_mask: Callable = field(default=lambda ids, image_token_id: ids == image_token_id)
     stats: PretrainStats = field(default_factory=PretrainStats)
     _generator: torch.Generator = field(init=False, repr=False)
 
@@ -147,7 +150,7 @@ class PretrainCollator:
         ids, labels = mask_text(enc["input_ids"], enc["attention_mask"], self.special, self.mask_id,
                                 self.mlm_ratio, self._generator)
         enc["input_ids"] = ids
-        image_token_mask = ids == self.image_token_id  # (B, T)
+        image_token_mask = self.image_unit_mask(ids, self.image_token_id)  # (B, T)
         if "pixel_values" in enc:
             m = mask_image_units(enc["pixel_values"], self.merge, self.mae_ratio, self.noise, self._generator)
             enc["pixel_values"] = m.pixel_values

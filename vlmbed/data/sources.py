@@ -1,61 +1,19 @@
 """Read a stage's data sources into one list (weighted mixture): Examples for contrastive stages,
 pre-training Documents for reconstruction stages.
 
-One reader per on-disk format (``READERS``). Readers never decode images: they check them at
-``data.image_check`` and skip (with ``data.on_bad_image=skip``, counted in :class:`ReadStats`) or
-reject records whose image fails; decoding happens in the data loader (:mod:`vlmbed.data.decode`).
+One reader per on-disk format, found in the ``FORMATS`` table (:mod:`vlmbed.data`). Readers never decode
+images: they check them at ``data.image_check`` and skip (with ``data.on_bad_image=skip``, counted in
+:class:`ReadStats`) or reject records whose image fails; decoding happens in the data loader
+(:mod:`vlmbed.data.decode`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-
 import numpy as np
 
-from vlmbed.data.digits import build_digits, unlabeled_digits
-from vlmbed.data.jsonl import ReadStats, read_jsonl
-from vlmbed.data.mmeb_train import read_mmeb_train
-from vlmbed.data.pretrain import read_documents
-from vlmbed.data.tables import read_table
+from vlmbed.data import FORMATS
+from vlmbed.data.jsonl import ReadStats
 from vlmbed.types import Example
-
-
-def _digits(src, data_cfg, stats: ReadStats) -> list:
-    suite = build_digits(src.split or "train", src.tasks, label_fraction=src.label_fraction,
-                         label_seed=src.label_seed)
-    return [ex for exs in suite.values() for ex in exs]
-
-
-def _digits_unlabeled(src, data_cfg, stats: ReadStats) -> list:
-    return unlabeled_digits(src.split or "train")
-
-
-def _jsonl(src, data_cfg, stats: ReadStats) -> list:
-    examples = read_jsonl(src.path, on_bad_image=data_cfg.on_bad_image, image_check=data_cfg.image_check,
-                          stats=stats)
-    # records without a task belong to their file (task-homogeneous batching keeps files apart)
-    task = src.task or Path(src.path).stem
-    return [ex if ex.task else dataclasses.replace(ex, task=task) for ex in examples]
-
-
-def _documents(src, data_cfg, stats: ReadStats) -> list:
-    return read_documents(src.path, on_bad_image=data_cfg.on_bad_image, image_check=data_cfg.image_check,
-                          stats=stats)
-
-
-def _mmeb_train(src, data_cfg, stats: ReadStats) -> list:
-    return read_mmeb_train(src.path, subsets=src.subsets, split=src.split, image_root=src.image_root,
-                           on_bad_image=data_cfg.on_bad_image, image_check=data_cfg.image_check, stats=stats)
-
-
-def _table(src, data_cfg, stats: ReadStats) -> list:
-    return read_table(src.path, columns=src.columns, image_root=src.image_root, task=src.task,
-                      on_bad_image=data_cfg.on_bad_image, image_check=data_cfg.image_check, stats=stats)
-
-
-READERS = {"digits": _digits, "digits_unlabeled": _digits_unlabeled, "jsonl": _jsonl, "documents": _documents,
-           "mmeb_train": _mmeb_train, "table": _table}
 
 
 def load_sources(data_cfg) -> tuple[list, ReadStats]:
@@ -65,7 +23,7 @@ def load_sources(data_cfg) -> tuple[list, ReadStats]:
     rng = np.random.default_rng(data_cfg.seed)
     out: list[Example] = []
     for src in data_cfg.sources:
-        examples = READERS[src.format](src, data_cfg, stats)
+        examples = FORMATS[src.format].read(src, data_cfg, stats)
         if src.max_per_task is not None:
             examples = _first_per_task(examples, src.max_per_task)
         if src.max_examples is not None:

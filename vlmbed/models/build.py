@@ -51,6 +51,7 @@ def build_embedder(model_cfg, path: Path, token_roles=()) -> Embedder:
     inject LoRA adapters (``model.lora``, the added token rows stay trainable) or keep every weight trainable."""
     settings = dict(
         attention=model_cfg.attention,
+        block_causal=model_cfg.block_causal,
         pooling=model_cfg.pooling,
         normalize=model_cfg.normalize,
         append_eos=model_cfg.append_eos,
@@ -70,8 +71,11 @@ def build_embedder(model_cfg, path: Path, token_roles=()) -> Embedder:
         embedder = Embedder.from_pretrained(
             path, dtype=training_dtype(model_cfg), attn_implementation=model_cfg.attn_implementation, **settings
         )
-    marks = ("mark",) if any(embedder.tokens["mark"] in t for t in embedder.settings.templates.values()) else ()
-    added = embedder.ensure_tokens((*token_roles, *marks))  # templates that mark positions need <|emb|>
+    marked = embedder.settings.pooling == "marked" or any(
+        embedder.tokens["mark"] in t for t in embedder.settings.templates.values())
+    marks = ("mark",) if marked else ()
+    mapped = tuple(r for r in ("eos",) if (model_cfg.tokens or {}).get(r))  # a mapped eos token must exist
+    added = embedder.ensure_tokens((*token_roles, *marks, *mapped))  # templates that mark positions need <|emb|>
     if model_cfg.gradient_checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(embedder.model, "activation_checkpointing_enable"):  # the transformers >= 5.x name

@@ -17,11 +17,12 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from vlmbed.data.collate import DEFAULT_TEMPLATES, ItemEncoder
-from vlmbed.models.adapters import BACKBONES
-from vlmbed.models.attention import build_attention_masks
+from vlmbed.models.adapters import BACKBONES, adapter_for
+from vlmbed.models.attention import ATTENTION_MODES, build_attention_masks
+from vlmbed.models.blocks import SEGMENT_KEYS, block_mask_fn
 from vlmbed.models.heads import PatchDecoder, mlm_logits
-from vlmbed.models.pooling import POOLING, at_positions, marked_positions
+from vlmbed.models.inputs import DEFAULT_TEMPLATES, ItemEncoder
+from vlmbed.models.pooling import POOLING, at_positions, last_marked, marked_positions
 from vlmbed.models.tokens import add_tokens, require_id, role_tokens, token_id
 from vlmbed.types import Item
 
@@ -33,8 +34,9 @@ CHAT_KEYS = {"system", "user", "generation_prompt", "suffix"}
 class EmbedderSettings:
     """vlmbed's own settings, saved beside the weights."""
 
-    attention: str = "causal"  # causal | bidirectional
-    pooling: str = "last"  # last | mean
+    attention: str = "causal"  # causal | bidirectional | block (per-sample blocks from the batch)
+    block_causal: bool = False  # block attention intersected with causal order
+    pooling: str = "last"  # last | mean | marked
     normalize: bool = True
     append_eos: bool = True  # append the family's EOS token (what last-token pooling reads)
     templates: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
@@ -47,10 +49,10 @@ class EmbedderSettings:
     chat: dict[str, dict] | None = None  # role -> chat format rendered by the processor's chat template
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLING:
-            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING)}")
-        if self.attention not in ("causal", "bidirectional"):
-            raise ValueError(f"unknown attention {self.attention!r}; choose causal or bidirectional")
+        if self.pooling not in (*POOLING, "marked"):
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING)}, marked")
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"unknown attention {self.attention!r}; choose one of {', '.join(ATTENTION_MODES)}")
         for role, spec in (self.chat or {}).items():
             unknown = set(spec or {}) - CHAT_KEYS
             if unknown:
@@ -88,12 +90,7 @@ class Embedder(nn.Module):
         self.model = model
         self.processor = processor
         self.settings = settings or EmbedderSettings()
-        model_type = model.config.model_type
-        if model_type not in BACKBONES:
-            raise ValueError(
-                f"unsupported model type {model_type!r}; vlmbed supports {', '.join(sorted(BACKBONES))}"
-            )
-        self.adapter = BACKBONES[model_type]()
+        self.adapter = adapter_for(model.config.model_type)  # a clear error for an unsupported family
         self.heads = nn.ModuleDict()  # training-only heads (not saved with the model)
         self.tokens = role_tokens(self.adapter, self.settings.tokens)  # role -> token string
         # an adapter folder's base model gets the tokens vlmbed added during training (same ids, same rows)
@@ -103,7 +100,7 @@ class Embedder(nn.Module):
             processor=processor,
             image_placeholder=self.adapter.image_placeholder,
             templates=self.settings.templates,
-            append_eos=self.adapter.eos_token if self.settings.append_eos else None,
+            append_eos=self.tokens["eos"] if self.settings.append_eos else None,
             max_text_tokens=self.settings.max_text_tokens,
             chat=self.settings.chat,
             max_length=self.settings.max_length,
@@ -200,34 +197,51 @@ class Embedder(nn.Module):
         block_fn=None,
         token_positions: tuple[torch.Tensor, torch.Tensor] | None = None,
         masked_units: tuple[torch.Tensor, torch.Tensor] | None = None,
+        normalize: bool | None = None,
     ) -> EmbedOutput:
         """Embed processor inputs.
 
-        ``attention``: causal | bidirectional | block (with ``block_fn``); defaults to the settings.
-        ``pooling``: last | mean; ignored when ``positions`` is given. ``positions``: (B, k) token
-        indices (-1 = none) or ``"marked"`` for every ``<|emb|>`` token, giving (B, k, d).
-        Reconstruction heads, run inside the same forward (so DDP/FSDP see them): ``token_positions``
-        (rows, cols) -> ``token_logits`` from the LM head; ``masked_units`` (image-token mask (B, T),
-        unit mask (U,)) -> ``patch_predictions`` from the patch decoder (:meth:`add_patch_decoder`).
+        ``attention``: causal | bidirectional | block; defaults to the settings. ``block`` reads the
+        per-sample blocks from the inputs (``segment_ids`` (B, T), ``segment_visibility`` (B, S, S); see
+        :mod:`vlmbed.models.blocks`), or takes ``block_fn`` (batch, head, q, kv) -> bool; a batch with
+        neither is one segment. ``pooling``: last | mean | marked (the last ``<|emb|>`` token of each
+        row); ignored when ``positions`` is given. ``positions``: (B, k) token indices (-1 = none) or
+        ``"marked"`` for every ``<|emb|>`` token, giving (B, k, d). ``normalize``: L2-normalise the
+        embeddings (default: the settings). Reconstruction heads, run inside the same forward (so
+        DDP/FSDP see them): ``token_positions`` (rows, cols) -> ``token_logits`` from the LM head;
+        ``masked_units`` (image-token mask (B, T), unit mask (U,)) -> ``patch_predictions`` from the
+        patch decoder (:meth:`add_patch_decoder`).
         """
         inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        segments = [inputs.pop(k, None) for k in SEGMENT_KEYS]
         mask = inputs["attention_mask"]  # (B, T)
         mode = attention or self.settings.attention
         text_config = self.adapter.text_config(self.model)
+        if mode == "block" and block_fn is None and segments[0] is not None:
+            if segments[1] is None:
+                raise ValueError("block attention: the batch has segment_ids but no segment_visibility")
+            block_fn = block_mask_fn(segments[0], segments[1], causal=self.settings.block_causal)
+        elif mode == "block" and block_fn is None:  # no blocks in this batch: one segment per row
+            mode = "causal" if self.settings.block_causal else "bidirectional"
         if "flash" in str(getattr(text_config, "_attn_implementation", "")):
             if mode == "block":
-                raise ValueError("block attention masks need attn_implementation sdpa, eager or flex_attention")
+                raise ValueError("block attention masks need attn_implementation sdpa, eager or flex_attention "
+                                 "(flash attention cannot take a per-sample mask)")
             self.adapter.set_causal(self.model, mode == "causal")
         masks = build_attention_masks(mode, text_config, mask, self.dtype, block_fn=block_fn)
         pos_ids = self.adapter.position_ids(self.model, inputs)  # (3, B, T)
         hidden = self.adapter.hidden_states(self.model, inputs, masks, pos_ids)  # (B, T, d)
-        if isinstance(positions, str):
+        pooling = pooling or self.settings.pooling
+        if positions is None and pooling == "marked":
+            positions = last_marked(inputs["input_ids"], self.token_id("mark")).unsqueeze(1)  # (B, 1)
+        elif isinstance(positions, str):
             positions = marked_positions(inputs["input_ids"], self.token_id("mark"))  # (B, k)
         if positions is not None:
             emb = at_positions(hidden, positions.to(hidden.device))  # (B, k, d)
+            emb = emb[:, 0] if pooling == "marked" and positions.shape[1] == 1 else emb
         else:
-            emb = POOLING[pooling or self.settings.pooling](hidden, mask)  # (B, d)
-        if self.settings.normalize:
+            emb = POOLING[pooling](hidden, mask)  # (B, d)
+        if self.settings.normalize if normalize is None else normalize:
             emb = nn.functional.normalize(emb.float(), dim=-1).to(emb.dtype)
         out = EmbedOutput(embeddings=emb, hidden=hidden, attention_mask=mask, masks=masks, position_ids=pos_ids)
         if token_positions is not None:
@@ -252,18 +266,32 @@ class Embedder(nn.Module):
     @torch.inference_mode()
     def encode(
         self,
-        items: list[Item | str],
+        inputs,
         role: str = "query",
         batch_size: int = 32,
         show_progress: bool = False,
         to_numpy: bool = True,
+        normalize: bool | None = None,
+        truncate_dim: int | None = None,
     ):
-        """Embed items for ``role`` ("query" or "document"); returns (N, d) float32.
+        """Embed ``inputs`` for ``role`` (default ``"query"``; ``"document"`` for what is searched).
 
-        Items are sorted by length inside the call so batches carry little padding; the result is
-        in input order and does not depend on batch size or neighbours.
+        ``inputs``: one input, or a list of them. An input is a string (text), an :class:`Item`
+        (text, image or both, with an optional instruction), or an image alone (a PIL image, or a
+        ``pathlib.Path`` to an image file: ``Item(image=...)``). One input gives one vector of shape
+        ``(d,)``; a list gives ``(N, d)`` float32, in input order (``(0, d)`` for an empty list).
+
+        ``normalize``: unit-length vectors (``None``: the model's setting, ``vlmbed.json`` ``normalize``,
+        true by default). ``truncate_dim``: keep the first ``truncate_dim`` dimensions (Matryoshka
+        embeddings), then renormalise when normalising. ``to_numpy=False`` returns a torch tensor.
+
+        Items are sorted by length inside the call so batches carry little padding; the result does not
+        depend on batch size or neighbours. See also :meth:`encode_query` and :meth:`encode_document`.
         """
-        items = [Item(text=x) if isinstance(x, str) else x for x in items]
+        single = not isinstance(inputs, (list, tuple))
+        items = [self._as_item(x, i) for i, x in enumerate([inputs] if single else inputs)]
+        normalize = self.settings.normalize if normalize is None else normalize
+        dim = self._check_truncate_dim(truncate_dim)
         was_training = self.training
         self.eval()
         order = sorted(range(len(items)), key=lambda i: (items[i].has_image, len(items[i].text)))
@@ -273,14 +301,67 @@ class Embedder(nn.Module):
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc=f"encode ({role})", unit="batch")
-        for start in batches:
-            idx = order[start : start + batch_size]
-            emb = self(self.tokenize([items[i] for i in idx], role)).embeddings.float().cpu()
-            for j, i in enumerate(idx):
-                out[i] = emb[j]
-        self.train(was_training)
-        result = torch.stack(out) if out else torch.zeros((0, self.hidden_size))
+        try:
+            for start in batches:
+                idx = order[start : start + batch_size]
+                emb = self._encode_batch([items[i] for i in idx], role, normalize, dim)
+                for j, i in enumerate(idx):
+                    out[i] = emb[j]
+        finally:
+            self.train(was_training)
+        result = torch.stack(out) if out else torch.zeros((0, dim))
+        if single:
+            result = result[0]
         return result.numpy() if to_numpy else result
+
+    def _encode_batch(self, items: list[Item], role: str, normalize: bool, dim: int) -> torch.Tensor:
+        """(B, dim) float32 on CPU: pooled, truncated to ``dim``, then normalised when asked."""
+        emb = self(self.tokenize(items, role), normalize=False).embeddings.float()  # (B, d) pooled, raw
+        emb = emb[:, :dim]  # (B, dim)
+        if normalize:
+            emb = nn.functional.normalize(emb, dim=-1)
+        return emb.cpu()
+
+    def _check_truncate_dim(self, truncate_dim: int | None) -> int:
+        size = self.hidden_size
+        if truncate_dim is None:
+            return size
+        if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int) or not 0 < truncate_dim <= size:
+            raise ValueError(f"truncate_dim must be an integer from 1 to the model's dimension {size}, "
+                             f"got {truncate_dim!r}")
+        return truncate_dim
+
+    def encode_query(self, inputs, instruction: str = "", **kwargs):
+        """:meth:`encode` with ``role="query"``; ``instruction`` is given to every item that has none
+        (for example ``"Find the image that matches: "``). Other keywords as for :meth:`encode`."""
+        if instruction:
+            import dataclasses
+
+            single = not isinstance(inputs, (list, tuple))
+            items = [self._as_item(x, i) for i, x in enumerate([inputs] if single else inputs)]
+            items = [it if it.instruction else dataclasses.replace(it, instruction=instruction) for it in items]
+            inputs = items[0] if single else items
+        return self.encode(inputs, role="query", **kwargs)
+
+    def encode_document(self, inputs, **kwargs):
+        """:meth:`encode` with ``role="document"`` (corpus items, candidates). Keywords as for :meth:`encode`."""
+        return self.encode(inputs, role="document", **kwargs)
+
+    @staticmethod
+    def _as_item(x, index: int) -> Item:
+        """One input of :meth:`encode` as an Item: text (str), an Item, or an image alone (PIL image, Path)."""
+        from PIL import Image
+
+        if isinstance(x, Item):
+            return x
+        if isinstance(x, str):
+            if not x:
+                raise ValueError(f"input {index} is an empty string; give text, an image, or an Item with either")
+            return Item(text=x)
+        if isinstance(x, (Image.Image, Path)):
+            return Item(image=x)
+        raise TypeError(f"input {index}: cannot embed a {type(x).__name__}; give a string (text), a PIL image, "
+                        "a pathlib.Path to an image file, or vlmbed.Item(text=..., image=..., instruction=...)")
 
     @property
     def hidden_size(self) -> int:

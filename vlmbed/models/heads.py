@@ -5,7 +5,10 @@
 - :class:`PatchDecoder`: MoCa's "lightweight decoder": one language-model decoder layer initialised
   as a copy of the middle layer (L // 2), run bidirectionally over the whole last hidden-state
   sequence with the same masks and M-RoPE positions, then ``Linear(d, merge**2 * patch_dim)`` at the
-  masked ``<|image_pad|>`` positions (weights N(0, 0.02), zero bias).
+  masked image-unit positions (weights N(0, 0.02), zero bias).
+
+Where the layers, the rotary table and the image units are is the family adapter's answer
+(:mod:`vlmbed.models.adapters`); nothing here names a family.
 """
 
 from __future__ import annotations
@@ -28,20 +31,19 @@ class PatchDecoder(nn.Module):
         self.layer = copy.deepcopy(layers[len(layers) // 2])
         # bidirectional under every attention implementation: flash-attention reads the module's flag, the
         # others the (bidirectional) mask of the forward that this decoder shares
-        if hasattr(self.layer, "self_attn"):
-            self.layer.self_attn.is_causal = False
+        embedder.adapter.set_layer_causal(self.layer, False)
         d = embedder.hidden_size
         self.proj = nn.Linear(d, merge * merge * patch_dim)
         nn.init.normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
         # the backbone's rotary table, referenced (not registered: it is the backbone's module)
-        object.__setattr__(self, "_rotary", embedder.adapter.language_model(embedder.model).rotary_emb)
+        object.__setattr__(self, "_rotary", embedder.adapter.rotary_embedding(embedder.model))
 
     def forward(self, out, image_token_mask: torch.Tensor, unit_mask: torch.Tensor) -> torch.Tensor:
         """Predictions (M, merge**2 * patch_dim) for the masked units.
 
         ``out``: the Embedder's :class:`EmbedOutput` (hidden, masks, position_ids);
-        ``image_token_mask`` (B, T): True at ``<|image_pad|>`` tokens, whose row-major order is the
+        ``image_token_mask`` (B, T): True at image-unit tokens (``adapter.image_unit_mask``), whose row-major order is the
         unit order; ``unit_mask`` (U,): which units were masked.
         """
         cos_sin = self._rotary(out.hidden, out.position_ids)

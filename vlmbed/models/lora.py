@@ -196,13 +196,3 @@ def load_adapter(embedder, path: str | Path) -> None:
                          f"unexpected {unexpected[:3]}); was it trained on another architecture?")
     embedder.model.load_state_dict({remap[k]: v for k, v in saved.items()}, strict=False)
 
-
-def export_merged(adapter_dir: str | Path, out_dir: str | Path) -> Path:
-    """Adapter folder -> plain Hugging Face folder with merged weights (loads without peft).
-
-    The base is loaded in float32 (whatever its config says) so the merge equals the one a training stage
-    writes from its fp32 master weights; a bf16 base would round ``W + scaling * B @ A`` to bf16."""
-    from vlmbed.models.embedder import Embedder
-
-    embedder = Embedder.from_pretrained(adapter_dir, dtype=torch.float32)
-    return embedder.save_pretrained(out_dir)

@@ -36,4 +36,15 @@ def marked_positions(input_ids: torch.Tensor, mark_id: int) -> torch.Tensor:
     return out
 
 
+def last_marked(input_ids: torch.Tensor, mark_id: int) -> torch.Tensor:
+    """Position (B,) of the last ``mark_id`` token of each row; an error naming the row when one has none."""
+    hits = input_ids == mark_id  # (B, T)
+    missing = (~hits.any(dim=1)).nonzero(as_tuple=True)[0]
+    if missing.numel():
+        raise ValueError(f"pooling 'marked': row {int(missing[0])} has no <|emb|> (mark) token; put the mark token "
+                         "in the role's template (model.templates) or use pooling last/mean")
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
+    return (hits.long() * positions).argmax(dim=1)  # (B,)
+
+
 POOLING = {"last": last_token, "mean": mean}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-TOKEN_ROLES = ("mask", "mark")
+TOKEN_ROLES = ("mask", "mark", "eos")  # eos: the appended token that last-token pooling reads (CoCoA's bridge)
 
 
 class MissingTokenError(ValueError):
@@ -30,7 +30,7 @@ def role_tokens(adapter, overrides: dict[str, str] | None = None) -> dict[str, s
     unknown = set(overrides or {}) - set(TOKEN_ROLES)
     if unknown:
         raise ValueError(f"model.tokens: unknown role(s) {sorted(unknown)}; roles are {', '.join(TOKEN_ROLES)}")
-    return {"mask": adapter.mask_token, "mark": adapter.mark_token, **(overrides or {})}
+    return {"mask": adapter.mask_token, "mark": adapter.mark_token, "eos": adapter.eos_token, **(overrides or {})}
 
 
 def token_id(tokenizer, token: str) -> int | None:

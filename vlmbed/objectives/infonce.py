@@ -22,8 +22,23 @@ Pure function of embeddings: GradCache, cross-device gathering and tests call it
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+
+from vlmbed.objectives.base import ContrastiveView, Objective, ObjectiveSettings
+
+
+class InfoNCEConfig(ObjectiveSettings):
+    name: Literal["infonce"] = "infonce"
+    weight: float = 1.0
+    temperature: float = Field(0.05, gt=0)
+    share_negatives: bool = True  # hard negatives of every query are negatives for all queries
+    mask_same_group: bool = True  # in-batch items sharing the positive/label, and hard negatives repeating
+    # a positive of the query's group, are not negatives
+    symmetric: bool = False  # add the document -> query direction
 
 
 def infonce_logits(
@@ -97,10 +112,33 @@ def loss(
     negative_keys: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Named loss part ``infonce`` (query -> document). The reverse direction (``symmetric`` in the
-    config) is this same function with the roles swapped, called by ``train.losses.contrastive_loss``."""
+    config) is this same function with the roles swapped (:func:`objective`)."""
     logits = infonce_logits(
         query, positive, negatives, negative_owner, group_ids, positive_group_ids, temperature,
         share_negatives, offset, positive_keys, negative_keys,
     )
     targets = torch.arange(query.shape[0], device=query.device) + offset  # (B,)
     return {"infonce": F.cross_entropy(logits.float(), targets)}
+
+
+def objective(cfg: InfoNCEConfig, view: ContrastiveView, batch: dict | None = None) -> dict[str, torch.Tensor]:
+    """The table's entry: ``infonce`` (query -> documents), and ``infonce_rev`` (document -> every query,
+    no hard negatives) when ``symmetric``."""
+    groups = view.local.get("group_ids") if cfg.mask_same_group else None
+    groups_all = view.fields.get("group_ids") if cfg.mask_same_group else None
+    out = loss(view.query, view.positive, view.negatives, view.fields.get("negative_owner"), groups, groups_all,
+               cfg.temperature, cfg.share_negatives, view.offset, view.fields.get("positive_keys"),
+               view.fields.get("negative_keys"))
+    if cfg.symmetric:
+        rev = loss(view.local_positive, view.queries, group_ids=groups, positive_group_ids=groups_all,
+                   temperature=cfg.temperature, offset=view.offset)
+        out["infonce_rev"] = rev["infonce"]
+    return out
+
+
+OBJECTIVE = Objective(
+    config=InfoNCEConfig, fn=objective, kind="contrastive",
+    fields={"group_ids": "query", "positive_keys": "query", "negative_keys": "negatives",
+            "negative_owner": "query_index"},
+    all_queries=lambda cfg: cfg.symmetric,
+)

@@ -44,13 +44,11 @@ class EmbeddingService:
         tokenizer = self.embedder.processor.tokenizer
         ids = tokenizer([encoder.format(item, role) for item in items], add_special_tokens=False)["input_ids"]
         counts = np.array([len(x) for x in ids], dtype=np.int64)
-        image_processor = getattr(self.embedder.processor, "image_processor", None)
-        if image_processor is not None and hasattr(image_processor, "get_number_of_image_patches"):
-            merge = int(getattr(image_processor, "merge_size", 1)) ** 2
-            for i, item in enumerate(items):
-                if item.has_image:
-                    width, height = item.image.size
-                    counts[i] += image_processor.get_number_of_image_patches(height, width) // merge - 1
+        adapter, processor = self.embedder.adapter, self.embedder.processor
+        for i, item in enumerate(items):
+            if item.has_image:  # the placeholder's one image token becomes the image's tokens (family rule)
+                width, height = item.image.size
+                counts[i] += adapter.image_tokens(processor, width, height) - 1
         return counts
 
     # ------------------------------------------------------------------ requests

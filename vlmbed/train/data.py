@@ -20,6 +20,7 @@ from vlmbed.data.batching import (
 from vlmbed.data.collate import ContrastiveCollator, group_key
 from vlmbed.data.decode import BadImageLog, decode_examples
 from vlmbed.data.pretrain import document_costs
+from vlmbed.objectives import lookup
 
 
 @dataclass
@@ -50,6 +51,7 @@ class TrainCollator:
         batch["data_stats"] = {"bad_images": self.bad_images.dropped - before}
         batch["group_ids"] = torch.tensor([group_hash(group_key(ex)) for ex in examples], dtype=torch.long)
         batch["positive_keys"], batch["negative_keys"] = content_keys(examples, self.collator.num_negatives)
+        batch["tasks"] = [ex.task for ex in examples]  # source task of each query (B,), for objectives and logs
         batch["position"] = (int(items[0][0]), int(items[0][1]))
         return batch
 
@@ -89,15 +91,38 @@ def build_plan(stage, examples, embedder, world: int, rank: int, cache_dir: Path
                      tasks=[ex.task for ex in examples], keys=keys, costs=costs)
 
 
+def pairs_collator(stage, embedder) -> TrainCollator:
+    """Contrastive pairs: every role's processor inputs plus group ids, content keys and negative owners."""
+    return TrainCollator(ContrastiveCollator(embedder.encoder, stage.data.num_negatives),
+                         on_bad_image=stage.data.on_bad_image)
+
+
+def documents_collator(stage, embedder):
+    """Pre-training documents, masked for the stage's reconstruction objectives (MoCa's MLM + MAE)."""
+    from vlmbed.train.reconstruction import DocumentCollator, pretrain_collator
+
+    return DocumentCollator(pretrain_collator(embedder, stage), seed=stage.data.seed)
+
+
+# collator name -> (stage, embedder) -> collate_fn over positioned records; objectives name theirs
+# (Objective.collator; default: ``pairs`` for contrastive, ``documents`` for reconstruction objectives)
+COLLATORS = {"pairs": pairs_collator, "documents": documents_collator}
+
+
+def stage_collator(stage, embedder):
+    """The collate function of the stage: the one collator its objectives agree on."""
+    names = {lookup(o.name).collator_name: o.name for o in stage.objectives}
+    if len(names) > 1:
+        raise ValueError(f"stage {stage.name!r}: its objectives need different collators "
+                         f"({', '.join(f'{o}: {c}' for c, o in names.items())}); split them into stages")
+    (name,) = names
+    if name not in COLLATORS:
+        raise ValueError(f"stage {stage.name!r}: no collator {name!r}; known: {', '.join(COLLATORS)}")
+    return COLLATORS[name](stage, embedder)
+
+
 def build_loader(stage, examples, embedder, plan: BatchPlan) -> tuple[DataLoader, PlanSampler]:
     sampler = PlanSampler(plan)
-    if stage.is_reconstruction:
-        from vlmbed.train.reconstruction import DocumentCollator, pretrain_collator
-
-        collate = DocumentCollator(pretrain_collator(embedder, stage), seed=stage.data.seed)
-    else:
-        collate = TrainCollator(ContrastiveCollator(embedder.encoder, stage.data.num_negatives),
-                                on_bad_image=stage.data.on_bad_image)
-    loader = DataLoader(PositionedDataset(examples), batch_sampler=sampler, collate_fn=collate,
+    loader = DataLoader(PositionedDataset(examples), batch_sampler=sampler, collate_fn=stage_collator(stage, embedder),
                         num_workers=stage.data.num_workers)
     return loader, sampler

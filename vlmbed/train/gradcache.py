@@ -91,12 +91,13 @@ def _no_context(_last: bool):
 
 
 def plan_chunks(inputs_by_role: dict, chunk_size: int | None, image_stand_in: dict | None = None,
-                image_token_id: int | None = None) -> dict[str, list[Chunk]]:
+                image_token_id: int | None = None, adapter=None) -> dict[str, list[Chunk]]:
     """Chunks per role, with the same count (and the same vision-tower use) on every process.
 
     A role is cut into ``ceil(max rows over processes / chunk_size)`` near-equal chunks (one chunk
     when ``chunk_size`` is None). ``image_stand_in``: processor inputs of one small image, appended to
-    a chunk that has no image where another process's chunk has one.
+    a chunk that has no image where another process's chunk has one. ``adapter``: the family adapter that
+    knows how the inputs lay out images (None: the one whose layout the inputs have).
     """
     roles = list(inputs_by_role)
     rows = [num_rows(inputs_by_role[r]) if inputs_by_role[r] is not None else 0 for r in roles]
@@ -111,16 +112,17 @@ def plan_chunks(inputs_by_role: dict, chunk_size: int | None, image_stand_in: di
         if k == 1 and n:  # the whole role in one forward: no need to cut anything
             real = [inputs_by_role[role]]
         else:
-            real = split_by_sizes(inputs_by_role[role], [s for s in sizes if s], image_token_id) if n else []
+            real = split_by_sizes(inputs_by_role[role], [s for s in sizes if s], image_token_id,
+                                  adapter=adapter) if n else []
         out[role] = [Chunk(c, num_rows(c)) for c in real]
-        out[role] += [Chunk(first_row(inputs_by_role[role] if n else spare, image_token_id), 0)
+        out[role] += [Chunk(first_row(inputs_by_role[role] if n else spare, image_token_id, adapter=adapter), 0)
                       for s in sizes if not s]
     if image_stand_in is not None and dist.is_distributed():
         flat = [c for role in out for c in out[role]]
-        anywhere = dist.max_across([int(has_media(c.inputs)) for c in flat])
+        anywhere = dist.max_across([int(has_media(c.inputs, adapter=adapter)) for c in flat])
         for c, needed in zip(flat, anywhere, strict=True):
-            if needed and not has_media(c.inputs):
-                c.inputs, c.extra = concat_rows(c.inputs, image_stand_in), num_rows(image_stand_in)
+            if needed and not has_media(c.inputs, adapter=adapter):
+                c.inputs, c.extra = concat_rows(c.inputs, image_stand_in, adapter=adapter), num_rows(image_stand_in)
     return out
 
 
@@ -131,9 +133,10 @@ class GradCache:
     chunk_size: int | None = None
     image_token_id: int | None = None
     image_stand_in: dict | None = None
+    adapter: object | None = None  # the family adapter (how inputs lay out images); None: inferred from inputs
 
     def chunks(self, inputs_by_role: dict) -> dict[str, list[Chunk]]:
-        return plan_chunks(inputs_by_role, self.chunk_size, self.image_stand_in, self.image_token_id)
+        return plan_chunks(inputs_by_role, self.chunk_size, self.image_stand_in, self.image_token_id, self.adapter)
 
     def step(self, encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backward: Backward,
              sync: SyncContext = _no_context) -> StepOutput:
@@ -190,12 +193,12 @@ def finite_everywhere(loss: torch.Tensor) -> bool:
 
 
 def full_batch_step(encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backward: Backward,
-                    sync: SyncContext = _no_context, image_stand_in: dict | None = None) -> StepOutput:
+                    sync: SyncContext = _no_context, image_stand_in: dict | None = None, adapter=None) -> StepOutput:
     """The same contract without GradCache: one forward per role with a graph, one backward.
 
     Forwards are aligned across processes as in GradCache (one chunk per role).
     """
-    chunks = plan_chunks(inputs_by_role, None, image_stand_in)
+    chunks = plan_chunks(inputs_by_role, None, image_stand_in, adapter=adapter)
     with sync(True):
         reps, idle = {}, None
         for role, (chunk,) in chunks.items():

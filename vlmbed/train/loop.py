@@ -42,10 +42,11 @@ from vlmbed.train.checkpoint import (
 )
 from vlmbed.train.data import build_loader, build_plan
 from vlmbed.train.gradcache import GradCache, StepOutput, full_batch_step, image_stand_in
-from vlmbed.train.losses import CONTRASTIVE_ROLES, contrastive_loss, global_mean_parts
+from vlmbed.train.losses import contrastive_loss, global_mean_parts
 from vlmbed.train.optim import build_optimizer, build_scheduler
 from vlmbed.train.presets import set_deepspeed_grad_clip
 from vlmbed.train.reconstruction import prepare_heads, reconstruction_step, token_roles
+from vlmbed.types import CONTRASTIVE_ROLES
 
 
 class NonFiniteLossError(ValueError):
@@ -124,8 +125,7 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
     embedder = build_embedder(stage.model, model_path, token_roles=token_roles(stage))
-    if stage.is_reconstruction:
-        prepare_heads(embedder, stage)  # training-only heads (patch decoder), before the optimizer
+    prepare_heads(embedder, stage)  # training-only heads the objectives need (patch decoder), before the optimizer
     if cfg.freeze_vision:
         for p in embedder.adapter.vision_tower(embedder.model).parameters():
             p.requires_grad_(False)
@@ -151,7 +151,8 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
     # wherever another process's chunk has one, so the vision tower runs on every process
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     stand_in = image_stand_in(unwrapped.encoder) if sharded else None
-    engine = GradCache(cfg.gradcache_chunk, getattr(unwrapped.model.config, "image_token_id", None), stand_in)
+    engine = GradCache(cfg.gradcache_chunk, getattr(unwrapped.model.config, "image_token_id", None), stand_in,
+                       adapter=unwrapped.adapter)
 
     # ---- resume
     progress = restore(accelerator, stage_dir, cfg)
@@ -189,7 +190,8 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
                 return reconstruction_step(model, batch, stage, backward, image_stand_in=stand_in)
         if cfg.gradcache_chunk:
             return engine.step(encode, roles, loss_fn, backward, micro_sync)
-        return full_batch_step(encode, roles, loss_fn, backward, micro_sync, image_stand_in=stand_in)
+        return full_batch_step(encode, roles, loss_fn, backward, micro_sync, image_stand_in=stand_in,
+                               adapter=unwrapped.adapter)
 
     start, seen, last_loss = time.time(), 0, float("nan")
     dropped: Counter = Counter()  # this process's records/images/text dropped at collate time (bad images, bounds)

@@ -1,8 +1,11 @@
-"""Reconstruction stages (MoCa stage 1): masked-token prediction + masked image-unit reconstruction
-from one forward on the doubly-masked input, through the Embedder's own heads.
+"""Reconstruction stages (MoCa stage 1, CoCoA stages 1-2): one forward on the masked input through
+the Embedder's own heads, then the stage's reconstruction objectives from the ``OBJECTIVES`` table.
 
-The batch comes from :class:`vlmbed.data.pretrain.PretrainCollator`; losses are the pure objectives
-``vlmbed.objectives.mlm`` / ``mae``; the stage's weights sum them (L = L_MLM + w * L_MAE).
+Objective-blind: each objective says what the forward must compute for it (``Objective.forward``,
+e.g. LM-head logits at the masked positions), which heads to attach (``Objective.prepare``) and which
+of vlmbed's tokens it needs (``Objective.tokens``); the stage's weights sum the named parts. The batch
+comes from the stage's collator (``vlmbed.train.data.COLLATORS``; MoCa's masked documents:
+:class:`vlmbed.data.pretrain.PretrainCollator`).
 """
 
 from __future__ import annotations
@@ -13,34 +16,31 @@ import torch
 
 from vlmbed import dist
 from vlmbed.data.pretrain import PretrainCollator
-from vlmbed.objectives import OBJECTIVES
-from vlmbed.objectives.mlm import prediction_positions
+from vlmbed.objectives import lookup
 from vlmbed.train.chunks import concat_rows, has_media
 from vlmbed.train.gradcache import StepOutput, finite_everywhere
+from vlmbed.train.losses import weighted_parts
 
 
 def objective(stage, name: str):
     return next((o for o in stage.objectives if o.name == name), None)
 
 
-def patch_dim(processor) -> int:
-    ip = processor.image_processor
-    return 3 * int(ip.temporal_patch_size) * int(ip.patch_size) ** 2
-
-
 def prepare_heads(embedder, stage) -> None:
     """Attach the training-only heads the stage's objectives need (before the optimizer is built)."""
-    if objective(stage, "mae") is not None:
-        merge = int(getattr(embedder.processor.image_processor, "merge_size", 2))
-        embedder.add_patch_decoder(patch_dim(embedder.processor), merge=merge)
+    for obj in stage.objectives:
+        spec = lookup(obj.name)
+        if spec.prepare is not None:
+            spec.prepare(embedder, obj)
 
 
 def token_roles(stage) -> tuple[str, ...]:
-    """vlmbed's own tokens a stage needs in the vocabulary: ``mask`` for MLM (added when missing)."""
-    return ("mask",) if objective(stage, "mlm") is not None else ()
+    """vlmbed's own tokens the stage's objectives need in the vocabulary (added when missing)."""
+    return tuple(dict.fromkeys(r for o in stage.objectives for r in lookup(o.name).tokens))
 
 
 def pretrain_collator(embedder, stage) -> PretrainCollator:
+    """MoCa's doubly-masked documents, with the ratios of the stage's ``mlm`` / ``mae`` objectives."""
     mlm, mae = objective(stage, "mlm"), objective(stage, "mae")
     a = embedder.adapter
     if mlm is not None:
@@ -49,10 +49,11 @@ def pretrain_collator(embedder, stage) -> PretrainCollator:
         embedder.encoder, mask_token=embedder.tokens["mask"],
         extra_special_tokens=[*a.special_tokens, *embedder.tokens.values()],
         image_token_id=a.image_token_id(embedder.model),
-        merge=int(getattr(embedder.processor.image_processor, "merge_size", 2)),
+        merge=a.merge_size(embedder.processor),
         mlm_ratio=mlm.ratio if mlm else 0.0, mae_ratio=mae.ratio if mae else 0.0,
         noise=mae.noise if mae else "per_patch", seed=stage.data.seed,
         max_length=getattr(stage.model, "max_length", None), on_bad_image=stage.data.on_bad_image,
+        image_unit_mask=a.image_unit_mask,
     )
 
 
@@ -90,40 +91,30 @@ def add_image_stand_in(batch: dict, stand_in: dict | None) -> int:
     return 1
 
 
-def reconstruction_losses(out, batch: dict, stage, stand_in_rows: int = 0) -> dict[str, torch.Tensor]:
-    parts: dict[str, torch.Tensor] = {}
-    total = out.hidden.new_zeros((), dtype=torch.float32)
-    if stand_in_rows:
-        total = total + 0.0 * out.hidden[-stand_in_rows:].float().sum()
+def forward_args(stage, batch: dict) -> dict:
+    """What the forward must compute for the stage's objectives (their ``Objective.forward`` merged)."""
+    kwargs: dict = {}
     for obj in stage.objectives:
-        if obj.name == "mlm":
-            _, _, targets = prediction_positions(batch["mlm_labels"], obj.shift)
-            part = OBJECTIVES["mlm"](out.token_logits, targets.to(out.hidden.device))
-        else:
-            if out.patch_predictions is None:  # no image in this batch
-                part = {"mae": out.hidden.sum() * 0.0}
-            else:
-                part = OBJECTIVES["mae"](out.patch_predictions, batch["mae_targets"].to(out.hidden.device))
-        for name, value in part.items():
-            parts[name] = value
-            total = total + obj.weight * value
-    parts["loss"] = total
-    return parts
+        spec = lookup(obj.name)
+        for key, value in (spec.forward(obj, batch) if spec.forward is not None else {}).items():
+            if key in kwargs and kwargs[key] is not value:
+                raise ValueError(f"objectives of stage {stage.name!r} ask the forward for {key!r} twice; one "
+                                 "forward serves one request per head")
+            kwargs[key] = value
+    return kwargs
+
+
+def reconstruction_losses(out, batch: dict, stage, stand_in_rows: int = 0) -> dict[str, torch.Tensor]:
+    zero = out.hidden.new_zeros((), dtype=torch.float32)
+    if stand_in_rows:  # carries (zero) gradients through the stand-in image's path
+        zero = zero + 0.0 * out.hidden[-stand_in_rows:].float().sum()
+    return weighted_parts(stage.objectives, out, batch, zero=zero)
 
 
 def reconstruction_step(model, batch: dict, stage, backward, image_stand_in: dict | None = None) -> StepOutput:
-    """One forward on the doubly-masked batch, the weighted losses, one backward."""
+    """One forward on the masked batch, the weighted losses, one backward."""
     extra = add_image_stand_in(batch, image_stand_in)
-    mlm = objective(stage, "mlm")
-    token_positions = None
-    if mlm is not None:
-        rows, cols, _ = prediction_positions(batch["mlm_labels"], mlm.shift)
-        token_positions = (rows, cols)
-    masked_units = None
-    if objective(stage, "mae") is not None and batch["unit_mask"].numel():
-        masked_units = (batch["image_token_mask"], batch["unit_mask"])
-    out = model(batch["inputs"], attention=stage.model.attention, token_positions=token_positions,
-                masked_units=masked_units)
+    out = model(batch["inputs"], attention=stage.model.attention, **forward_args(stage, batch))
     parts = reconstruction_losses(out, batch, stage, extra)
     if not finite_everywhere(parts["loss"]):
         return StepOutput({k: v.detach() for k, v in parts.items()}, finite=False)
