@@ -122,7 +122,7 @@ def test_choices_are_listed_and_checked():
     assert [s.value for s in Suite] == list(SUITES) and tuple(k.value for k in IndexKind) == KINDS
     assert "query|document" in runner.invoke(app, ["encode", "--help"], env={"COLUMNS": "200"}).output
     assert "query|document" in runner.invoke(app, ["index", "build", "--help"], env={"COLUMNS": "200"}).output
-    assert "digits|mmeb|vidore|mbeir" in runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "200"}).output
+    assert "digits|scenes|mmeb|vidore|mbeir" in runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "200"}).output
     res = runner.invoke(app, ["encode", "--model", "m", "--input", "i", "--out", "o", "--role", "passage"],
                         env={"COLUMNS": "200"})
     assert res.exit_code == 2 and "'passage' is not one of 'query', 'document'" in res.output

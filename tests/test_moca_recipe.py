@@ -74,15 +74,19 @@ def test_paper_recipe_builds_and_runs_on_tiny_qwen25(moca_files, tiny_model_dir_
     assert not any("heads" in p.name for p in runs[0].result.model_dir.iterdir())
 
 
-def test_tiny_recipe_runs_on_digits(tmp_path, attention_modes):
+def test_tiny_recipe_runs_on_scenes(tmp_path, attention_modes):
+    # the random tiny model stands in for the cached pre-trained one (built in minutes; tests/test_pretrained_tiny.py)
     recipe = load_recipe("moca_tiny", [f"output_dir={tmp_path}", "train.progress=false", "train.max_steps=3",
-                                       "stages.cl.eval.max_queries=10"])
+                                       "stages.cl.eval.max_queries=10", "stages.cpt.model.path=tiny"])
+    assert load_recipe("moca_tiny").stage("cpt").model.path == "tiny_pretrained"
+    assert {s.format for s in recipe.stage("cpt").data.sources} == {"scenes_unlabeled"}  # training split only
+    assert all(s.split == "train" and s.label_fraction < 1 for s in recipe.stage("cl").data.sources)
     runs = run_recipe(recipe)
     assert set(attention_modes) == {"bidirectional"}
     results = runs[-1].results_after
-    from vlmbed.data.digits import DIGITS_TASKS
+    from vlmbed.data.scenes import SCENES_TASKS
 
-    assert set(results["tasks"]) == set(DIGITS_TASKS)  # every digits task was scored
+    assert set(results["tasks"]) == set(SCENES_TASKS)  # every held-out scenes task was scored
 
 
 def test_reconstruction_and_contrastive_objectives_do_not_mix():

@@ -46,7 +46,9 @@ class LoraSettings(Strict):
 
 
 class ModelConfig(Strict):
-    path: str = "tiny"  # a model folder, "previous" (the previous stage's output) or "tiny" (built in code)
+    # a model folder, "previous" (the previous stage's output), "tiny" (random, built in code) or "tiny_pretrained"
+    # (the tiny model causally pre-trained on the built-in real images, cached: vlmbed.models.pretrained_tiny)
+    path: str = "tiny"
     tiny_family: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_vl"
     tiny_seed: int = 0  # random initialisation of the tiny model
     # block: per-sample attention blocks from the batch (segment ids + which segment sees which; CoCoA's
@@ -188,7 +190,7 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    suite: Literal["digits", "none"] = "digits"
+    suite: Literal["digits", "scenes", "none"] = "digits"
     tasks: list[str] | None = None
     max_queries: int | None = None
     batch_size: int = 64
@@ -321,7 +323,7 @@ def build_recipe(raw: dict, overrides: list[str] | None = None, source: str = "<
 
 # keys (dotted, inside a stage) that name files or folders vlmbed reads
 INPUT_PATH_KEYS = ("model.path", "data.sources[].path", "data.sources[].image_root")
-MODEL_PATH_WORDS = ("tiny", "previous")
+MODEL_PATH_WORDS = ("tiny", "tiny_pretrained", "previous")
 
 
 def _resolve_input_paths(stage: Any, base: Path) -> None:

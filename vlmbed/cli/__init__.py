@@ -1,7 +1,8 @@
 """`vlmbed` command line: parsing only; every command calls a library function.
 
 One module per command group registers its commands on :data:`app`:
-``core`` (quickstart, train, eval, encode), ``use`` (serve, index, mine), ``bench`` (data check).
+``core`` (quickstart, train, eval, encode), ``use`` (serve, index, mine), ``bench`` (data check),
+``tiny`` (tiny build).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _root(
 def _register() -> None:
     from importlib import import_module
 
-    for name in ("core", "use", "bench"):
+    for name in ("core", "use", "bench", "tiny"):
         try:
             import_module(f"vlmbed.cli.{name}")
         except ModuleNotFoundError as exc:  # a command group not present in this install

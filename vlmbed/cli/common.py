@@ -19,6 +19,7 @@ class Suite(str, Enum):
     """Benchmark suites (vlmbed.eval.SUITES; a test keeps the two the same)."""
 
     digits = "digits"
+    scenes = "scenes"
     mmeb = "mmeb"
     vidore = "vidore"
     mbeir = "mbeir"

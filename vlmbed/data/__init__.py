@@ -37,6 +37,8 @@ FORMATS: dict[str, Format] = {
     "digits": Format("examples", "digits"),
     "documents": Format("documents", "documents", needs_path=True),
     "digits_unlabeled": Format("documents", "digits_unlabeled"),
+    "scenes": Format("examples", "scenes"),
+    "scenes_unlabeled": Format("documents", "scenes_unlabeled"),
 }
 # SourceConfig keys that only some formats read (each format lists the ones it reads in ``options``)
 FORMAT_OPTIONS = ("subsets", "columns", "image_root")

@@ -13,7 +13,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_model_path(model_cfg, work_dir: Path, previous: Path | None = None) -> Path:
-    """``tiny`` builds the tiny model into ``work_dir``; ``previous`` is the previous stage's output."""
+    """``tiny`` builds the tiny model into ``work_dir``; ``tiny_pretrained`` is the cached pre-trained tiny model
+    (the stage runner builds it first when missing: vlmbed.train.pretrain_tiny.resolve_input_model);
+    ``previous`` is the previous stage's output."""
+    if model_cfg.path == "tiny_pretrained":
+        folder = planned_model_path(model_cfg)
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"model.path=tiny_pretrained: {folder} is not built yet; build it with "
+                                    "`vlmbed tiny build --pretrained` (recipes run by `vlmbed train` build it themselves)")
+        return folder
     if model_cfg.path == "tiny":
         from vlmbed.models.tiny import build_tiny_vlm
 
@@ -26,6 +34,17 @@ def resolve_model_path(model_cfg, work_dir: Path, previous: Path | None = None) 
         if previous is None:
             raise ValueError("model.path=previous in the first stage: there is no previous stage output")
         return previous
+    return Path(model_cfg.path)
+
+
+def planned_model_path(model_cfg) -> Path | None:
+    """The folder a stage will load, known before anything is built (None: the random ``tiny`` model)."""
+    if model_cfg.path == "tiny":
+        return None
+    if model_cfg.path == "tiny_pretrained":
+        from vlmbed.models.pretrained_tiny import pretrained_config, pretrained_tiny_path
+
+        return pretrained_tiny_path(pretrained_config(model_cfg))
     return Path(model_cfg.path)
 
 

@@ -38,15 +38,23 @@ _CORPUS_WORDS = (
 )
 
 
-def _corpus() -> list[str]:
+def _corpus(extra_words: str = "") -> list[str]:
+    """Training lines for the tokenizer; ``extra_words`` (the pre-trained tiny world's scene words) come on top,
+    deduplicated, so that the default corpus (and the random tiny model's tokenizer) stays exactly as it was."""
     words = _CORPUS_WORDS.split()
+    if extra_words:
+        words += [w for w in dict.fromkeys(extra_words.split()) if w not in set(words)]
     lines = [" ".join(words[i : i + 8]) for i in range(0, len(words), 8)]
     lines += [w.capitalize() for w in words]
+    if extra_words:  # every word also after a space, as it comes mid-sentence, so it becomes one token
+        lines += [" " + w for w in words]
     return lines * 4
 
 
-def build_tokenizer(vocab_size: int = 640):
-    """A byte-level BPE tokenizer with the Qwen vision special tokens, wrapped for transformers."""
+def build_tokenizer(vocab_size: int = 640, extra_words: str = ""):
+    """A byte-level BPE tokenizer with the Qwen vision special tokens, wrapped for transformers.
+
+    ``extra_words``: more words for the BPE corpus (used by the pre-trained tiny build only)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -59,7 +67,7 @@ def build_tokenizer(vocab_size: int = 640):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus(extra_words), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -71,8 +79,10 @@ def build_tokenizer(vocab_size: int = 640):
     return fast
 
 
-def tiny_config(family: str, tokenizer, hidden: int = 128, layers: int = 2, patch_size: int = 4):
-    """A ~1M-parameter config of the given family whose token ids match ``tokenizer``."""
+def tiny_config(family: str, tokenizer, hidden: int = 128, layers: int = 2, patch_size: int = 4,
+                vision_dim: int = 64, vision_depth: int = 2):
+    """A ~1M-parameter config of the given family whose token ids match ``tokenizer`` (defaults: the random
+    tiny world; the pre-trained tiny build asks for a wider, deeper one)."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     heads = 4
     head_dim = hidden // heads
@@ -91,7 +101,7 @@ def tiny_config(family: str, tokenizer, hidden: int = 128, layers: int = 2, patc
         pad_token_id=ids["<|endoftext|>"],
         rope_scaling={"type": "mrope", "mrope_section": _mrope_section(head_dim)},
     )
-    vision = dict(depth=2, num_heads=4, patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2)
+    vision = dict(depth=vision_depth, num_heads=4, patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2)
     common = dict(
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -102,12 +112,13 @@ def tiny_config(family: str, tokenizer, hidden: int = 128, layers: int = 2, patc
     if family == "qwen2_vl":
         from transformers import Qwen2VLConfig
 
-        vision.update(embed_dim=64, hidden_size=hidden, mlp_ratio=2)
+        vision.update(embed_dim=vision_dim, hidden_size=hidden, mlp_ratio=2)
         return Qwen2VLConfig(text_config=text, vision_config=vision, **common)
     if family == "qwen2_5_vl":
         from transformers import Qwen2_5_VLConfig
 
-        vision.update(hidden_size=64, out_hidden_size=hidden, intermediate_size=128, fullatt_block_indexes=[1],
+        vision.update(hidden_size=vision_dim, out_hidden_size=hidden, intermediate_size=2 * vision_dim,
+                      fullatt_block_indexes=[vision_depth - 1],
                       window_size=4 * patch_size)
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
     raise ValueError(f"unknown tiny family {family!r}: choose qwen2_vl or qwen2_5_vl")

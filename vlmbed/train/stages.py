@@ -13,9 +13,10 @@ from pathlib import Path
 
 from vlmbed.config import RecipeConfig, StageConfig
 from vlmbed.dist import partial_state
-from vlmbed.models.build import build_embedder, resolve_model_path
+from vlmbed.models.build import build_embedder, planned_model_path
 from vlmbed.train.checkpoint import latest_checkpoint, read_state
 from vlmbed.train.loop import StageResult, train_stage
+from vlmbed.train.pretrain_tiny import resolve_input_model
 from vlmbed.train.runs import Decision, clear_outputs, input_identity, plan_stage, write_record
 
 
@@ -48,7 +49,7 @@ def plan_recipe(recipe: RecipeConfig, only_stage: str | None = None) -> list[tup
             retrained = None
             continue
         uses_previous = stage.model.path == "previous"
-        model_path = previous if uses_previous else (None if stage.model.path == "tiny" else Path(stage.model.path))
+        model_path = previous if uses_previous else planned_model_path(stage.model)
         decision = plan_stage(stage, stage_dir, model_path, input_changes=retrained if uses_previous else None)
         planned.append((stage, stage_dir, decision))
         previous = stage_dir / "model"
@@ -70,7 +71,7 @@ def run_recipe(recipe: RecipeConfig, only_stage: str | None = None) -> list[Stag
             continue
         decision = next(d for s, _, d in planned if s.name == stage.name)
         with partial_state().main_process_first():  # one process builds the tiny model; the others wait
-            model_path = resolve_model_path(stage.model, out, previous)
+            model_path = resolve_input_model(stage.model, out, previous)
         runs.append(run_stage(stage, stage_dir, model_path, decision))
         previous = runs[-1].result.model_dir
     return runs
