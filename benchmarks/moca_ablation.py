@@ -24,8 +24,8 @@ Prints ONE JSON line through ``benchmarks/claims.py``: ``with_cpt_mean``, ``with
 lists, the settings and the wall time. Seed = labeled subset, data order and head initialisation; the
 pre-trained checkpoint is the same in every run (one cached build).
 
-    python benchmarks/moca_ablation.py                  # 3 seeds x 3 arms, about 20 min on 2 idle CPU cores
-    python benchmarks/moca_ablation.py --seeds 0 --cpt-steps 300
+    python benchmarks/moca_ablation.py                  # 3 seeds x 3 arms, about 15 min on 2 idle CPU cores
+    python benchmarks/moca_ablation.py --seeds 0 --cpt-steps 150
 """
 
 from __future__ import annotations
@@ -77,11 +77,11 @@ def recipe_for(arm: str, seed: int, workdir: Path, args):
 def main() -> None:
     p = main_args(__doc__.split("\n\n")[0], suites=("scenes", "digits"))
     p.add_argument("--model", default="tiny_pretrained", help="starting checkpoint of every arm (tiny: random)")
-    p.add_argument("--label-fraction", type=float, default=0.05, help="labeled share of the training images")
-    p.add_argument("--cpt-steps", type=int, default=40)
-    p.add_argument("--cl-steps", type=int, default=80)
+    p.add_argument("--label-fraction", type=float, default=0.2, help="labeled share of the training images")
+    p.add_argument("--cpt-steps", type=int, default=400)
+    p.add_argument("--cl-steps", type=int, default=600)
     p.add_argument("--cpt-lr", type=float, default=2e-4)
-    p.add_argument("--cl-lr", type=float, default=1e-3)
+    p.add_argument("--cl-lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=16, help="batch size of both stages, every arm")
     p.set_defaults(max_queries=50)  # 50 queries per task keeps the 9 evaluations cheap on 2 cores
     p.add_argument("--cpt-data", nargs="+", default=["scenes_unlabeled"],
