@@ -16,16 +16,21 @@ def _load(data_dir=None, tasks=None, max_queries=None, options: dict | None = No
     return digits_tasks(tasks, max_queries)
 
 
-def _summarize(scores: dict[str, float]) -> dict:
-    return summarize(scores, {t: DIGITS_TASKS[t] for t in scores if t in DIGITS_TASKS})
+def builtin_suite(name: str, load, meta_tasks: dict[str, str]) -> SuiteSpec:
+    """A built-in suite (digits, scenes): MMEB precision@1 over candidate rows, overall = mean over tasks."""
+
+    def _summarize(scores: dict[str, float]) -> dict:
+        return summarize(scores, {t: meta_tasks[t] for t in scores if t in meta_tasks})
+
+    return SuiteSpec(
+        name=name,
+        metric="precision@1",
+        metric_definition="precision@1 = hit@1 over each query's candidate row (positive first, first-index argmax), "
+                          "as MMEB. Overall = mean over tasks.",
+        ties="first_index",
+        load=load,
+        summarize=_summarize,
+    )
 
 
-SUITE = SuiteSpec(
-    name="digits",
-    metric="precision@1",
-    metric_definition="precision@1 = hit@1 over each query's candidate row (positive first, first-index argmax), "
-                      "as MMEB. Overall = mean over tasks.",
-    ties="first_index",
-    load=_load,
-    summarize=_summarize,
-)
+SUITE = builtin_suite("digits", _load, DIGITS_TASKS)

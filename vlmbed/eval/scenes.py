@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from vlmbed.data.scenes import SCENES_TASKS, build_scene_examples
-from vlmbed.eval.aggregate import summarize
-from vlmbed.eval.suite import EvalTask, SuiteSpec
+from vlmbed.eval.digits import builtin_suite
+from vlmbed.eval.suite import EvalTask
 
 
 def scenes_tasks(tasks: list[str] | None = None, max_queries: int | None = None, split: str = "test",
@@ -21,16 +21,4 @@ def _load(data_dir=None, tasks=None, max_queries=None, options: dict | None = No
     return scenes_tasks(tasks, max_queries, n=options.get("n"))
 
 
-def _summarize(scores: dict[str, float]) -> dict:
-    return summarize(scores, {t: SCENES_TASKS[t] for t in scores if t in SCENES_TASKS})
-
-
-SUITE = SuiteSpec(
-    name="scenes",
-    metric="precision@1",
-    metric_definition="precision@1 = hit@1 over each query's candidate row (positive first, first-index argmax), "
-                      "as MMEB. Overall = mean over tasks.",
-    ties="first_index",
-    load=_load,
-    summarize=_summarize,
-)
+SUITE = builtin_suite("scenes", _load, SCENES_TASKS)
