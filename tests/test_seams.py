@@ -216,6 +216,9 @@ def test_marked_pooling_reads_the_last_mark(tiny_model_dir):
     want = F.normalize(out.hidden[torch.arange(2), torch.tensor(pos)].float(), dim=-1)
     assert out.embeddings.shape == (2, emb.hidden_size)
     assert torch.allclose(out.embeddings.float(), want, atol=1e-6)
+    doc = emb.tokenize([Item(text="seven")], "document")  # one mark per row: still (B, k, d) when asked
+    with torch.no_grad():
+        assert emb(doc, positions="marked").embeddings.shape == (1, 1, emb.hidden_size)
     with pytest.raises(ValueError, match="row 0 has no <\\|emb\\|>"):
         emb({"input_ids": torch.full((1, 4), 5), "attention_mask": torch.ones((1, 4), dtype=torch.long)})
 

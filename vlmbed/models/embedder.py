@@ -232,13 +232,13 @@ class Embedder(nn.Module):
         pos_ids = self.adapter.position_ids(self.model, inputs)  # (3, B, T)
         hidden = self.adapter.hidden_states(self.model, inputs, masks, pos_ids)  # (B, T, d)
         pooling = pooling or self.settings.pooling
-        if positions is None and pooling == "marked":
-            positions = last_marked(inputs["input_ids"], self.token_id("mark")).unsqueeze(1)  # (B, 1)
-        elif isinstance(positions, str):
+        if isinstance(positions, str):
             positions = marked_positions(inputs["input_ids"], self.token_id("mark"))  # (B, k)
         if positions is not None:
-            emb = at_positions(hidden, positions.to(hidden.device))  # (B, k, d)
-            emb = emb[:, 0] if pooling == "marked" and positions.shape[1] == 1 else emb
+            emb = at_positions(hidden, positions.to(hidden.device))  # (B, k, d), whatever the pooling
+        elif pooling == "marked":
+            last = last_marked(inputs["input_ids"], self.token_id("mark")).unsqueeze(1)  # (B, 1)
+            emb = at_positions(hidden, last)[:, 0]  # (B, d)
         else:
             emb = POOLING[pooling](hidden, mask)  # (B, d)
         if self.settings.normalize if normalize is None else normalize:

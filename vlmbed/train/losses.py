@@ -72,10 +72,11 @@ def contrastive_view(reps: dict, batch: dict, objectives, gather: bool = True) -
     return view, len(sizes) * q.shape[0] / max(1, sum(sizes))
 
 
-def weighted_parts(objectives, outputs, batch: dict, scale: float = 1.0, zero=None) -> dict[str, torch.Tensor]:
+def weighted_parts(objectives, outputs, batch: dict, zero: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
     """Call every objective of the stage through the table; named parts plus ``loss`` = sum of weight * part.
 
-    Two objectives with the same part name would collide: a clear error rather than a silent overwrite."""
+    ``zero``: the float32 scalar the sum starts from (it may carry a zero-weighted term). Two objectives with
+    the same part name would collide: a clear error rather than a silent overwrite."""
     parts: dict[str, torch.Tensor] = {}
     total = zero
     for obj in objectives:
@@ -84,7 +85,7 @@ def weighted_parts(objectives, outputs, batch: dict, scale: float = 1.0, zero=No
                 raise ValueError(f"objective {obj.name!r} returns a part {name!r} that another objective of the "
                                  "stage returns too; give the parts distinct names")
             parts[name] = value
-            total = obj.weight * value if total is None else total + obj.weight * value
+            total = total + obj.weight * value
     if scale != 1.0:
         parts = {k: v * scale for k, v in parts.items()}
     parts["loss"] = total * scale
@@ -96,7 +97,7 @@ def contrastive_loss(reps: dict, batch: dict, objectives, gather: bool = True) -
     backpropagate. The function GradCache and the plain path both call."""
     view, scale = contrastive_view(reps, batch, objectives, gather)
     zero = reps["query"].new_zeros((), dtype=torch.float32)
-    return weighted_parts(objectives, view, batch, scale, zero)
+    return weighted_parts(objectives, view, batch, zero, scale)
 
 
 def global_mean_parts(parts: dict[str, torch.Tensor]) -> dict[str, float]:
