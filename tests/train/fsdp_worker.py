@@ -85,7 +85,11 @@ def main() -> None:
         torch.save(results, out_file)
     tdist.barrier()
     tdist.destroy_process_group()
-    print(f"rank {rank} done ({os.getpid()})")
+    print(f"rank {rank} done ({os.getpid()})", flush=True)
+    # the work is done and saved: skip interpreter teardown, where a torch/gloo thread destructor has been seen
+    # to abort ("terminate called without an active exception") after a complete run
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
