@@ -226,6 +226,25 @@ def test_linear_schedule_equals_transformers_linear_schedule_with_warmup(total, 
     assert ours[-1] == 0.0 and (ratio == 1.0 or max(ours) == pytest.approx(cfg.lr))  # peak once warmed up
 
 
+@pytest.mark.parametrize(("total", "warmup"), [(20, 5), (30, 100), (6, 0)])
+def test_constant_schedule_and_warmup_steps_equal_transformers(total, warmup):
+    """``schedule=constant`` with ``warmup_steps`` (MuCo's code) is HF's constant schedule with warm-up; a
+    warm-up longer than the run is capped at it (as with our linear schedule); warmup_steps beats the ratio."""
+    from transformers import get_constant_schedule_with_warmup
+
+    from vlmbed.train.optim import build_scheduler
+
+    cfg = TrainConfig(lr=5e-5, schedule="constant", warmup_steps=warmup, warmup_ratio=0.5)
+    ours_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    ours = _lrs(build_scheduler(ours_opt, cfg, total), ours_opt, total)
+    ref = _lrs(get_constant_schedule_with_warmup(ref_opt, min(warmup, total)), ref_opt, total)
+    assert ours == pytest.approx(ref, rel=1e-12, abs=1e-15)
+    lin = TrainConfig(lr=1.0, schedule="linear", warmup_steps=4, warmup_ratio=0.9)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert _lrs(build_scheduler(opt, lin, 10), opt, 10)[:5] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+
+
 def test_schedule_is_validated_and_cosine_stays_the_default():
     from pydantic import ValidationError
 

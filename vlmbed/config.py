@@ -169,7 +169,9 @@ class TrainConfig(Strict):
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_ratio: float = Field(0.05, ge=0, le=1)
-    schedule: Literal["cosine", "linear"] = "cosine"  # decay after warm-up, to 0 (linear: HF's, MoCa/CoCoA code)
+    warmup_steps: int | None = Field(None, ge=0)  # warm-up in optimizer steps; overrides warmup_ratio when set
+    # after warm-up: cosine / linear decay to 0 (linear: HF's, MoCa/CoCoA code) or constant (HF's, MuCo code)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
     max_steps: int | None = None
     epochs: float = 1.0
     grad_clip: float | None = 1.0

@@ -1,8 +1,9 @@
 """AdamW with decoupled weight decay (none on biases and norms) and a warm-up + decay schedule.
 
 ``train.schedule`` picks the decay after the warm-up: ``cosine`` (to 0) or ``linear`` (to 0, exactly
-Hugging Face's ``get_linear_schedule_with_warmup``, the schedule of the MoCa and CoCoA code). Warm-up
-length is ``ceil(warmup_ratio * total_steps)``, as the HF Trainer computes it.
+Hugging Face's ``get_linear_schedule_with_warmup``, the schedule of the MoCa and CoCoA code) or ``constant``
+(HF's ``get_constant_schedule_with_warmup``, MuCo's code). Warm-up length is ``train.warmup_steps`` when set
+(the CoCoA and MuCo scripts give steps), else ``ceil(warmup_ratio * total_steps)``, as the HF Trainer computes it.
 """
 
 from __future__ import annotations
@@ -42,10 +43,21 @@ def warmup_linear(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear}
+def warmup_constant(step: int, total: int, warmup: int) -> float:
+    """LR multiplier of HF ``get_constant_schedule_with_warmup``: ``step / warmup`` for ``step < warmup``,
+    then 1."""
+    if step < warmup:
+        return step / max(1, warmup)
+    return 1.0
+
+
+SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "constant": warmup_constant}
 
 
 def warmup_steps(cfg, total_steps: int) -> int:
+    """``cfg.warmup_steps`` when set (capped at the run's length), else ``ceil(warmup_ratio * total)``."""
+    if getattr(cfg, "warmup_steps", None) is not None:
+        return min(cfg.warmup_steps, total_steps)
     return math.ceil(cfg.warmup_ratio * total_steps)
 
 
