@@ -200,6 +200,9 @@ class EvalConfig(Strict):
 
 
 class StageConfig(Strict):
+    # experiment trackers fed with every metrics.jsonl row (vlmbed.train.tracking): tensorboard, wandb
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    wandb_mode: Literal["offline", "online"] = "offline"  # offline: `wandb sync` the run folder later
     name: str
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -33,6 +33,7 @@ from vlmbed import dist
 from vlmbed.config import StageConfig, dump_yaml
 from vlmbed.data.sources import load_sources
 from vlmbed.models.build import build_embedder
+from vlmbed.train import tracking
 from vlmbed.train.checkpoint import (
     checkpoint_dir,
     latest_checkpoint,
@@ -89,15 +90,17 @@ def mixed_precision(setting: str) -> str:
     return "no"
 
 
-def make_accelerator(cfg) -> Accelerator:
+def make_accelerator(cfg, stage_dir: Path | None = None) -> Accelerator:
     # Unused parameters are normal (a text-only chunk never touches the vision tower); buffers are
     # constants (rotary tables), and broadcasting them would add a collective to every forward.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
     # With no accelerator device, several processes (torchrun / accelerate launch) run as MULTI_CPU on gloo.
     # The plan already counts steps per process, so the scheduler steps once per step (accelerate would
     # otherwise step it once per process, assuming a loader it sharded itself).
+    trackers = tracking.check_trackers(getattr(cfg, "report_to", []))
     return Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision), kwargs_handlers=[ddp],
-                       cpu=dist.use_cpu(), step_scheduler_with_optimizer=False)
+                       cpu=dist.use_cpu(), step_scheduler_with_optimizer=False, log_with=trackers or None,
+                       project_dir=str(tracking.tracking_dir(stage_dir)) if trackers and stage_dir else None)
 
 
 def encoder_fn(model):
@@ -122,7 +125,7 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
     """Train one stage from ``model_path``; write checkpoints, metrics and the final model to ``stage_dir``."""
     cfg = stage.train
     stage_dir = Path(stage_dir)
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, stage_dir)
     set_seed(cfg.seed)
     embedder = build_embedder(stage.model, model_path, token_roles=token_roles(stage))
     prepare_heads(embedder, stage)  # training-only heads the objectives need (patch decoder), before the optimizer
@@ -163,6 +166,7 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
         stage_dir.mkdir(parents=True, exist_ok=True)
         (stage_dir / "config.yaml").write_text(config_yaml)
         _truncate_metrics(metrics_path, progress.step)
+    tracked = tracking.start(accelerator, stage, stage_dir, project=stage_dir.parent.name or "vlmbed")
 
     def save(step_state: Progress) -> None:
         state = {k: v for k, v in step_state.__dict__.items() if k != "step"}
@@ -220,12 +224,16 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
                    "nonfinite_steps": progress.nonfinite_total, **parts,
                    **{f"dropped_{k}": v for k, v in dropped.items() if v}}
             _log(accelerator, metrics_path, row, bar)
+            if tracked:
+                tracking.log_row(accelerator, row)
         if bar is not None:
             bar.update(1)
         if cfg.save_every and progress.step % cfg.save_every == 0 and progress.step < total_steps:
             save(progress)
     if bar is not None:
         bar.close()
+    if tracked:
+        accelerator.end_training()
 
     # ---- save
     save(progress)

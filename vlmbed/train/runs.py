@@ -39,6 +39,8 @@ IGNORED = (
     "train.resume",  # the switch this check is about
     "train.progress",  # progress bar
     "train.log_every",  # metrics.jsonl cadence
+    "train.report_to",  # experiment trackers (the same rows as metrics.jsonl)
+    "train.wandb_mode",
     "train.save_every",  # checkpoint cadence (resume is exact at any step)
     "train.keep_checkpoints",
     "train.max_nonfinite",  # when to give up, not what a finished run computes
