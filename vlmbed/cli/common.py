@@ -23,6 +23,7 @@ class Suite(str, Enum):
     mmeb = "mmeb"
     vidore = "vidore"
     mbeir = "mbeir"
+    mmeb_v2 = "mmeb-v2"
 
 
 class IndexKind(str, Enum):

@@ -61,7 +61,7 @@ def train(
 @app.command("eval")
 def eval_cmd(
     model: Path = typer.Option(..., "--model", help="Model folder (vlmbed save or Hugging Face VLM folder)."),
-    suite: Suite = typer.Option(Suite.digits, "--suite", help="Benchmark suite: digits, scenes, mmeb, vidore or mbeir."),
+    suite: Suite = typer.Option(Suite.digits, "--suite", help="Benchmark suite: digits, scenes, mmeb, mmeb-v2, vidore or mbeir."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Folder with the suite's files (not needed for digits)."),
     tasks: list[str] = typer.Option(None, "--tasks", help="Only this task (repeat the option for several)."),
     out: Path = typer.Option(None, "--out", help="Folder for results.json (default: MODEL/eval-SUITE)."),

@@ -98,7 +98,7 @@ def write_qrels(path: Path, qrels: dict[str, dict[str, int]]) -> None:
 
 
 def write_local_run(runs: Path, task: EvalTask, detail: dict, depth: int = 10, tag: str = "vlmbed") -> None:
-    """MMEB-style rows as a TREC run: qid = row number, docid = candidate position (0 = the positive).
+    """MMEB-style rows as a TREC run: qid = row number, docid = candidate position (0 = the positive; 0..k-1 when a row has k positives).
 
     Ranks follow the task's tie policy (MMEB: first index). trec_eval breaks exact ties by docid
     descending instead, so under first_index a re-score can differ from ours only on exactly tied scores.
@@ -112,4 +112,5 @@ def write_local_run(runs: Path, task: EvalTask, detail: dict, depth: int = 10, t
             order = np.lexsort((tie_ranks([str(j) for j in range(n)], task.ties), -s))[:depth]
             for rank, j in enumerate(order, start=1):
                 fh.write(f"{r} Q0 {j} {rank} {float(s[j])!r} {tag}\n")
-    write_qrels(runs / f"{task.name}.qrels", {str(r): {"0": 1} for r in range(len(detail["lengths"]))})
+    counts = task.positive_counts() or [1] * len(detail["lengths"])  # the first k candidates are the positives
+    write_qrels(runs / f"{task.name}.qrels", {str(r): {str(j): 1 for j in range(k)} for r, k in enumerate(counts)})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from vlmbed.eval import digits, mbeir, mmeb, scenes, vidore
+from vlmbed.eval import digits, mbeir, mmeb, mmeb_v2, scenes, vidore
 from vlmbed.eval.cache import EmbeddingCache, MemoryCache, model_fingerprint
 from vlmbed.eval.check import CheckReport
 from vlmbed.eval.distributed import device_for, eval_dist
@@ -20,7 +20,7 @@ from vlmbed.eval.encode import RunEncoder
 from vlmbed.eval.suite import EvalTask, SuiteSpec, score_local_task, score_retrieval_task
 
 SUITES: dict[str, SuiteSpec] = {"digits": digits.SUITE, "scenes": scenes.SUITE, "mmeb": mmeb.SUITE,
-                                "vidore": vidore.SUITE, "mbeir": mbeir.SUITE}
+                                "vidore": vidore.SUITE, "mbeir": mbeir.SUITE, "mmeb-v2": mmeb_v2.SUITE}
 
 
 def get_suite(suite: str) -> SuiteSpec:

@@ -58,9 +58,15 @@ class EvalTask:
     extra: dict = field(default_factory=dict)
     ties: str = "first_index"
     headline: str = "precision@1"
+    multi_positive: bool = False  # rows are [*positives, *negatives] (MMEB-V2 MomentSeeker); else one positive
 
     def rows(self) -> list[list[Item]]:
+        if self.multi_positive:
+            return [[*ex.positives, *ex.negatives] for ex in self.examples]
         return [[ex.positive, *ex.negatives] for ex in self.examples]
+
+    def positive_counts(self) -> list[int] | None:
+        return [len(ex.positives) for ex in self.examples] if self.multi_positive else None
 
 
 @dataclass
@@ -104,11 +110,14 @@ class RetrievalTask:
 
 
 # ----------------------------------------------------------------------------- local rows (MMEB)
-def positive_ranks(q_emb: np.ndarray, q_where, c_emb: np.ndarray, c_where, lengths: list[int], ties: str) -> np.ndarray:
+def positive_ranks(q_emb: np.ndarray, q_where, c_emb: np.ndarray, c_where, lengths: list[int], ties: str,
+                   positives: list[int] | None = None) -> np.ndarray:
     """0-based rank of candidate 0 (the positive) in each row, under the tie policy.
 
     first_index: the number of candidates scoring strictly higher (index 0 wins every tie, as numpy
     argmax). trec: candidates named by position ("0", "1", ...) and ordered by id descending on ties.
+    ``positives``: per row, how many leading candidates are positive; the rank is then that of the
+    best-ranked positive (hit@k = any positive in the top k).
     """
     check_ties(ties)
     out = np.zeros(len(lengths), dtype=np.int64)
@@ -116,6 +125,11 @@ def positive_ranks(q_emb: np.ndarray, q_where, c_emb: np.ndarray, c_where, lengt
     for r, (qi, n) in enumerate(zip(q_where, lengths, strict=True)):
         s = row_scores(q_emb[qi], c_emb, c_where[start : start + n])  # (n,)
         start += n
+        if positives is not None and positives[r] > 1:
+            tie = tie_ranks([str(j) for j in range(n)], ties)
+            order = np.lexsort((tie, -s))  # best first
+            out[r] = int(np.flatnonzero(order < positives[r])[0])
+            continue
         higher = int(np.sum(s > s[0]))
         if ties == "trec":
             tie = tie_ranks([str(j) for j in range(n)], "trec")
@@ -152,7 +166,7 @@ def score_local_task(encode, task: EvalTask) -> tuple[dict, dict | None]:
     if q_emb is None:  # not the main process
         return {}, None
     lengths = [len(row) for row in rows]
-    ranks = positive_ranks(q_emb, q_where, c_emb, c_where, lengths, task.ties)
+    ranks = positive_ranks(q_emb, q_where, c_emb, c_where, lengths, task.ties, task.positive_counts())
     res = local_metrics(ranks)
     res.update({"num_queries": len(rows), "num_candidates_per_query": float(np.mean(lengths)) if rows else 0.0,
                 "num_unique_queries": int(q_emb.shape[0]), "num_unique_candidates": int(c_emb.shape[0])})
