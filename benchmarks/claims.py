@@ -52,8 +52,12 @@ def score_model(model_dir: Path, suites: Sequence[str], max_queries: int | None)
     from vlmbed.models.embedder import Embedder
 
     embedder = Embedder.from_pretrained(model_dir, dtype=torch.float32)
-    return {s: float(evaluate(embedder, suite=s, max_queries=max_queries, cache_dir=False)["overall"])
-            for s in suites}
+    out = {}
+    for spec in suites:  # "suite" or "suite:task,task" (a subset of the suite's tasks)
+        suite, _, tasks = spec.partition(":")
+        out[spec] = float(evaluate(embedder, suite=suite, tasks=tasks.split(",") if tasks else None,
+                                   max_queries=max_queries, cache_dir=False)["overall"])
+    return out
 
 
 def run_arm(arm: Arm, seed: int, workdir: Path, suites: Sequence[str], max_queries: int | None) -> dict:
@@ -99,7 +103,8 @@ def main_args(description: str, suites: Sequence[str], seeds: Sequence[int] = (0
     """The options every ablation takes; add the claim's own before parsing."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
-    p.add_argument("--suites", nargs="+", default=list(suites), help="held-out suites to score on")
+    p.add_argument("--suites", nargs="+", default=list(suites),
+                   help="held-out suites to score on; suite:task,task scores a subset of a suite's tasks")
     p.add_argument("--max-queries", type=int, default=None, help="at most this many queries per task")
     p.add_argument("--keep", type=Path, default=None, help="keep the runs in this folder (default: a temp folder)")
     return p

@@ -2,7 +2,8 @@
 
 ``build_real_layout(folder, family)`` writes, with plain ``tokenizers`` / ``transformers`` / ``safetensors``
 (never vlmbed's own tiny builder), a folder laid out like ``Qwen/Qwen2-VL-2B-Instruct``
-(``family="qwen2_vl"``) or ``Qwen/Qwen2.5-VL-3B-Instruct`` (``family="qwen2_5_vl"``):
+(``family="qwen2_vl"``) or ``Qwen/Qwen2.5-VL-3B-Instruct`` (``family="qwen2_5_vl"``); ``FAMILIES`` also lists
+the newer families (``qwen3_vl``: ``Qwen/Qwen3-VL-2B-Instruct``), whose folders ``backbone_layouts.py`` writes:
 
 * ``tokenizer.json`` + ``vocab.json`` + ``merges.txt``: a byte-level BPE (Qwen2's pre-tokenizer regex, NFC,
   ByteLevel decoder) trained in code on a small corpus, followed by ONLY the family's own added tokens in
@@ -33,6 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from backbone_layouts import BUILDERS as _NEW_BUILDERS
+from backbone_layouts import LAYOUTS as _NEW_LAYOUTS
+from backbone_layouts import RECIPE_FAMILIES as _RECIPE_FAMILIES
 
 # The released added tokens, in id order: 151643 <|endoftext|> ... 151656 <|video_pad|> (Qwen2-VL);
 # Qwen2.5-VL continues 151657 <tool_call> ... 151664 <|file_sep|> (not special).
@@ -135,6 +139,11 @@ FAMILIES = {
         128000,
     ),
 }
+
+
+# the newer families' layouts (Qwen3-VL, ...): tests/backbone_layouts.py writes their folders
+QWEN2_FAMILIES = tuple(FAMILIES)
+FAMILIES.update({name: _NEW_LAYOUTS[name] for name in _RECIPE_FAMILIES})
 
 
 def family_of(name: str) -> Family:
@@ -379,6 +388,8 @@ def build_real_layout(folder: str | Path, family: str = "qwen2_vl", seed: int = 
     fam = family_of(family)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if family in _NEW_BUILDERS:
+        return _NEW_BUILDERS[family](folder, seed=seed)
     ids = write_tokenizer(folder, fam)
     vocab_size = padded_vocab_size(max(ids.values()) + 1)
     _write_json(folder / "config.json", model_config(fam, ids, vocab_size))

@@ -21,7 +21,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from real_layout import FAMILIES, MIN_PIXELS, PATCH_SIZE, VISION_SPECIAL_TOKENS, build_real_layout
+from real_layout import (
+    FAMILIES,
+    MIN_PIXELS,
+    PATCH_SIZE,
+    QWEN2_FAMILIES,
+    VISION_SPECIAL_TOKENS,
+    build_real_layout,
+)
 
 from vlmbed.types import Item
 
@@ -199,7 +206,7 @@ def assert_encodes(embedder, items: list[Item], where: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- the fixture itself
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", QWEN2_FAMILIES)  # the newer families: tests/test_backbones.py
 def test_fixture_is_laid_out_as_released(world, family):
     """Guard the fixture: only the family's own tokens, bf16 config, padded vocab, released pixel bounds."""
     from transformers import AutoModelForImageTextToText, AutoProcessor

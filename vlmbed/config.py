@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from vlmbed.data import FORMAT_OPTIONS, FORMATS
+from vlmbed.models.adapters import PRESETS, preset_settings
 from vlmbed.objectives import OBJECTIVES, ObjectiveSettings, infonce, mae, mlm
 
 PACKAGE_RECIPES = Path(__file__).parent / "recipes"
@@ -49,6 +50,9 @@ class ModelConfig(Strict):
     # a model folder, "previous" (the previous stage's output), "tiny" (random, built in code) or "tiny_pretrained"
     # (the tiny model causally pre-trained on the built-in real images, cached: vlmbed.models.pretrained_tiny)
     path: str = "tiny"
+    # a released embedding model's encoding (docs/backbones.md): fills every model setting this config
+    # leaves unset (chat, pooling, append_eos, normalize, pixel bounds, lengths); what is set explicitly wins
+    preset: Literal[tuple(PRESETS)] | None = None
     tiny_family: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_vl"
     tiny_seed: int = 0  # random initialisation of the tiny model
     # block: per-sample attention blocks from the batch (segment ids + which segment sees which; CoCoA's
@@ -77,6 +81,13 @@ class ModelConfig(Strict):
     attn_implementation: str | None = None
     gradient_checkpointing: bool = False
     lora: LoraSettings = Field(default_factory=lambda: LoraSettings())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data):
+        if isinstance(data, dict) and data.get("preset") in PRESETS:
+            data = {**preset_settings(data["preset"]), **data}
+        return data
 
 
 class SourceConfig(Strict):
@@ -189,6 +200,9 @@ class TrainConfig(Strict):
     # micro-batches per optimizer step (gradients summed, each micro-batch's loss divided by this); with
     # contrastive objectives the negatives stay those of each micro-batch (use GradCache for larger batches)
     grad_accum: int = Field(1, ge=1)
+    # experiment trackers fed with every metrics.jsonl row (vlmbed.train.tracking): tensorboard, wandb
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    wandb_mode: Literal["offline", "online"] = "offline"  # offline: `wandb sync` the run folder later
 
 
 class EvalConfig(Strict):
@@ -200,9 +214,6 @@ class EvalConfig(Strict):
 
 
 class StageConfig(Strict):
-    # experiment trackers fed with every metrics.jsonl row (vlmbed.train.tracking): tensorboard, wandb
-    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
-    wandb_mode: Literal["offline", "online"] = "offline"  # offline: `wandb sync` the run folder later
     name: str
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -218,8 +229,13 @@ class StageConfig(Strict):
 
     @property
     def is_reconstruction(self) -> bool:
-        """A pre-training stage: reconstruction objectives on documents (no contrastive pairs)."""
+        """A pre-training stage: reconstruction objectives (on documents, or on pairs: CoCoA's bridge)."""
         return self.kind == "reconstruction"
+
+    @property
+    def consumes(self) -> str:
+        """What the stage's sources yield: ``examples`` or ``documents`` (``Objective.consumes``)."""
+        return OBJECTIVES[self.objectives[0].name].consumes
 
     @model_validator(mode="after")
     def _objectives_match_data(self):
@@ -229,10 +245,19 @@ class StageConfig(Strict):
         if len(kinds) > 1:
             raise ValueError(f"a stage mixes {' and '.join(f'{k} ({n})' for k, n in kinds.items())} objectives; "
                              "use two stages")
-        pre = {s.is_pretraining for s in self.data.sources}
-        if len(pre) > 1 or (pre and pre.pop() != self.is_reconstruction):
-            raise ValueError("data.sources must be documents/digits_unlabeled for mlm/mae objectives and "
-                             "jsonl/digits for contrastive ones")
+        reads: dict[str, list[str]] = {}  # what the objectives' batches are made from -> their names
+        for o in self.objectives:
+            reads.setdefault(OBJECTIVES[o.name].consumes, []).append(o.name)
+        if len(reads) > 1:
+            raise ValueError("a stage mixes objectives that read " + " and ".join(
+                f"{k} ({'/'.join(n)})" for k, n in reads.items()) + "; use two stages")
+        ((wanted, who),) = reads.items()
+        bad = list(dict.fromkeys(s.format for s in self.data.sources if FORMATS[s.format].yields != wanted))
+        if bad:
+            fits = "/".join(name for name, f in FORMATS.items() if f.yields == wanted)
+            names = f"the {'/'.join(who)} objective" + ("s read" if len(who) > 1 else " reads")
+            raise ValueError(f"data.sources: {names} {wanted} ({fits} sources), but {', '.join(bad)} "
+                             f"{'yields' if len(bad) == 1 else 'yield'} {FORMATS[bad[0]].yields}")
         if self.is_reconstruction and self.train.gradcache_chunk:
             raise ValueError("train.gradcache_chunk applies to contrastive objectives only")
         return self
@@ -327,7 +352,7 @@ def build_recipe(raw: dict, overrides: list[str] | None = None, source: str = "<
 
 
 # keys (dotted, inside a stage) that name files or folders vlmbed reads
-INPUT_PATH_KEYS = ("model.path", "data.sources[].path", "data.sources[].image_root")
+INPUT_PATH_KEYS = ("model.path", "data.sources[].path", "data.sources[].image_root", "objectives[].teacher")
 MODEL_PATH_WORDS = ("tiny", "tiny_pretrained", "previous")
 
 
@@ -344,6 +369,10 @@ def _resolve_input_paths(stage: Any, base: Path) -> None:
         for key in ("path", "image_root"):
             if isinstance(src, dict) and isinstance(src.get(key), str) and src[key]:
                 src[key] = _absolute(src[key], base)
+    objectives = stage.get("objectives")
+    for obj in objectives if isinstance(objectives, list) else []:
+        if isinstance(obj, dict) and isinstance(obj.get("teacher"), str) and obj["teacher"]:
+            obj["teacher"] = _absolute(obj["teacher"], base)  # a teacher-vector cache folder (UniME stage 1)
 
 
 def _absolute(value: str, base: Path) -> str:

@@ -147,7 +147,7 @@ def test_chunks_ask_the_family_adapter(f32_embedder):
     with pytest.raises(CannotSplitError, match="gradcache_chunk=null"):
         split_by_sizes(pos, [3, 3], adapter=NoSplit())
     unknown = {**{k: v for k, v in pos.items() if k not in ("pixel_values", "image_grid_thw")},
-               "pixel_values": pos["pixel_values"], "image_sizes": torch.ones(2, 2)}
+               "pixel_values": pos["pixel_values"], "image_spatial_shapes": torch.ones(2, 2)}
     with pytest.raises(CannotSplitError, match="no family adapter"):
         split_by_sizes(unknown, [3, 3])
     text = {k: v for k, v in pos.items() if k not in ("pixel_values", "image_grid_thw")}

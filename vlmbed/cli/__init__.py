@@ -2,7 +2,7 @@
 
 One module per command group registers its commands on :data:`app`:
 ``core`` (quickstart, train, eval, encode), ``use`` (serve, index, mine), ``bench`` (data check),
-``tiny`` (tiny build).
+``tiny`` (tiny build), ``teacher`` (teacher embed), ``export`` (export for sentence-transformers / vLLM).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _root(
 def _register() -> None:
     from importlib import import_module
 
-    for name in ("core", "use", "bench", "tiny"):
+    for name in ("core", "use", "bench", "tiny", "teacher", "export"):
         try:
             import_module(f"vlmbed.cli.{name}")
         except ModuleNotFoundError as exc:  # a command group not present in this install

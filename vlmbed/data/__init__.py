@@ -39,6 +39,11 @@ FORMATS: dict[str, Format] = {
     "digits_unlabeled": Format("documents", "digits_unlabeled"),
     "scenes": Format("examples", "scenes"),
     "scenes_unlabeled": Format("documents", "scenes_unlabeled"),
+    "m3t": Format("examples", "m3t", needs_path=True, options=("image_root",)),
+    "turns": Format("examples", "turns", needs_path=True),
+    "scenes_turns": Format("examples", "scenes_turns"),
+    "unime_v2": Format("examples", "unime_v2", needs_path=True, options=("image_root",)),
+    "scenes_paraphrases": Format("examples", "scenes_paraphrases"),
 }
 # SourceConfig keys that only some formats read (each format lists the ones it reads in ``options``)
 FORMAT_OPTIONS = ("subsets", "columns", "image_root")

@@ -80,6 +80,7 @@ def build_embedder(model_cfg, path: Path, token_roles=()) -> Embedder:
         max_pixels=model_cfg.max_pixels,
         max_length=model_cfg.max_length,
         chat=model_cfg.chat,
+        preset=model_cfg.preset,
     )
     if model_cfg.templates:
         settings["templates"] = model_cfg.templates

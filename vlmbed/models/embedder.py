@@ -17,9 +17,10 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from vlmbed.models.adapters import BACKBONES, adapter_for
+from vlmbed.models.adapters import BACKBONES, adapter_for, preset_settings
 from vlmbed.models.attention import ATTENTION_MODES, build_attention_masks
 from vlmbed.models.blocks import SEGMENT_KEYS, block_mask_fn
+from vlmbed.models.encode_plan import plan_encode, prefetched
 from vlmbed.models.heads import PatchDecoder, mlm_logits
 from vlmbed.models.inputs import DEFAULT_TEMPLATES, ItemEncoder
 from vlmbed.models.pooling import POOLING, at_positions, last_marked, marked_positions
@@ -27,7 +28,7 @@ from vlmbed.models.tokens import add_tokens, require_id, role_tokens, token_id
 from vlmbed.types import Item
 
 SETTINGS_FILE = "vlmbed.json"
-CHAT_KEYS = {"system", "user", "generation_prompt", "suffix"}
+CHAT_KEYS = {"system", "user", "generation_prompt", "suffix", "default_instruction", "punctuate"}
 
 
 @dataclass
@@ -47,6 +48,7 @@ class EmbedderSettings:
     max_pixels: int | None = None
     max_length: int | None = None  # tokens per sequence, image tokens counted (the item's text is cut to fit)
     chat: dict[str, dict] | None = None  # role -> chat format rendered by the processor's chat template
+    preset: str | None = None  # the released format these settings came from (adapters.PRESETS), if any
 
     def __post_init__(self) -> None:
         if self.pooling not in (*POOLING, "marked"):
@@ -76,8 +78,11 @@ class EmbedOutput(ModelOutput):
 
 
 def _saved_settings(path: Path, overrides: dict) -> dict:
-    """The folder's ``vlmbed.json`` settings (if any), with the non-None ``overrides`` on top."""
+    """The folder's ``vlmbed.json`` settings (if any), then a ``preset``'s settings, then the other non-None
+    ``overrides`` on top."""
     settings = json.loads((path / SETTINGS_FILE).read_text()) if (path / SETTINGS_FILE).exists() else {}
+    if overrides.get("preset") is not None:
+        settings.update(preset_settings(overrides["preset"]))
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return settings
 
@@ -96,6 +101,7 @@ class Embedder(nn.Module):
         # an adapter folder's base model gets the tokens vlmbed added during training (same ids, same rows)
         add_tokens(model, processor.tokenizer, list(self.settings.added_tokens))
         self.adapter.set_pixel_bounds(processor, self.settings.min_pixels, self.settings.max_pixels)
+        self.adapter.configure_model(model, processor)
         self.encoder = ItemEncoder(
             processor=processor,
             image_placeholder=self.adapter.image_placeholder,
@@ -214,6 +220,7 @@ class Embedder(nn.Module):
         """
         inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         segments = [inputs.pop(k, None) for k in SEGMENT_KEYS]
+        offsets = inputs.pop("position_offsets", None)  # (B, T): per-turn positions restart (MuCo turns)
         mask = inputs["attention_mask"]  # (B, T)
         mode = attention or self.settings.attention
         text_config = self.adapter.text_config(self.model)
@@ -230,6 +237,8 @@ class Embedder(nn.Module):
             self.adapter.set_causal(self.model, mode == "causal")
         masks = build_attention_masks(mode, text_config, mask, self.dtype, block_fn=block_fn)
         pos_ids = self.adapter.position_ids(self.model, inputs)  # (3, B, T)
+        if offsets is not None:
+            pos_ids = pos_ids - offsets.to(pos_ids.device, pos_ids.dtype)  # (3, B, T) - (B, T)
         hidden = self.adapter.hidden_states(self.model, inputs, masks, pos_ids)  # (B, T, d)
         pooling = pooling or self.settings.pooling
         if isinstance(positions, str):
@@ -285,8 +294,10 @@ class Embedder(nn.Module):
         true by default). ``truncate_dim``: keep the first ``truncate_dim`` dimensions (Matryoshka
         embeddings), then renormalise when normalising. ``to_numpy=False`` returns a torch tensor.
 
-        Items are sorted by length inside the call so batches carry little padding; the result does not
-        depend on batch size or neighbours. See also :meth:`encode_query` and :meth:`encode_document`.
+        Identical items are encoded once; batches hold length-sorted items (text and image items apart, at
+        most ``batch_size`` each, under a token budget) and the next batch's images are decoded in a
+        background thread (:mod:`vlmbed.models.encode_plan`); the result does not depend on batch size or
+        neighbours. See also :meth:`encode_query` and :meth:`encode_document`.
         """
         single = not isinstance(inputs, (list, tuple))
         items = [self._as_item(x, i) for i, x in enumerate([inputs] if single else inputs)]
@@ -294,29 +305,31 @@ class Embedder(nn.Module):
         dim = self._check_truncate_dim(truncate_dim)
         was_training = self.training
         self.eval()
-        order = sorted(range(len(items)), key=lambda i: (items[i].has_image, len(items[i].text)))
-        out: list[torch.Tensor | None] = [None] * len(items)
-        batches = range(0, len(items), batch_size)
+        plan = plan_encode(items, role, self.encoder, batch_size)  # distinct items, length-sorted token budgets
+        out: list[torch.Tensor | None] = [None] * len(plan.unique)
+        batches = prefetched(lambda idx: self.tokenize([items[plan.unique[j]] for j in idx], role), plan.batches)
         if show_progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc=f"encode ({role})", unit="batch")
+            batches = tqdm(batches, desc=f"encode ({role})", unit="batch", total=len(plan.batches))
         try:
-            for start in batches:
-                idx = order[start : start + batch_size]
-                emb = self._encode_batch([items[i] for i in idx], role, normalize, dim)
-                for j, i in enumerate(idx):
-                    out[i] = emb[j]
+            for idx, prepared in batches:  # the next batch's inputs are prepared in a background thread
+                emb = self._embed_inputs(prepared, normalize, dim)
+                for j, e in zip(idx, emb, strict=True):
+                    out[j] = e
         finally:
             self.train(was_training)
-        result = torch.stack(out) if out else torch.zeros((0, dim))
+        result = torch.stack(out)[torch.from_numpy(plan.where)] if out else torch.zeros((0, dim))
         if single:
             result = result[0]
         return result.numpy() if to_numpy else result
 
     def _encode_batch(self, items: list[Item], role: str, normalize: bool, dim: int) -> torch.Tensor:
         """(B, dim) float32 on CPU: pooled, truncated to ``dim``, then normalised when asked."""
-        emb = self(self.tokenize(items, role), normalize=False).embeddings.float()  # (B, d) pooled, raw
+        return self._embed_inputs(self.tokenize(items, role), normalize, dim)
+
+    def _embed_inputs(self, inputs: dict, normalize: bool, dim: int) -> torch.Tensor:
+        emb = self(inputs, normalize=False).embeddings.float()  # (B, d) pooled, raw
         emb = emb[:, :dim]  # (B, dim)
         if normalize:
             emb = nn.functional.normalize(emb, dim=-1)

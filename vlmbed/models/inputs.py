@@ -7,6 +7,7 @@ runs the family's processor; the Embedder owns one. Batch building from records 
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -102,13 +103,19 @@ def render_chat(processor, spec: dict, instruction: str, image: str, text: str) 
     ``spec``: ``system`` (template of the system turn, e.g. ``"{instruction}"``; empty or absent: no system
     message, so the chat template's own default applies), ``user`` (template of the user turn, default
     ``"{instruction}{image}{text}"`` without a system template, ``"{image}{text}"`` with one),
-    ``generation_prompt`` (append the assistant prefix; default false) and ``suffix`` (text after it, for
-    example the token that last-token pooling reads).
+    ``generation_prompt`` (append the assistant prefix; default false), ``suffix`` (text after it, for
+    example the token that last-token pooling reads), ``default_instruction`` (the instruction of items that
+    have none) and ``punctuate`` (strip the instruction and end it with "." unless it ends in punctuation,
+    as Qwen3-VL-Embedding does).
     """
     template = getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)
     if not template:
         raise ValueError("model.chat is set but the processor has no chat template; save one with the model "
                          "(chat_template.jinja) or use model.templates instead")
+    instruction = instruction or spec.get("default_instruction") or ""
+    if spec.get("punctuate") and instruction.strip():
+        instruction = instruction.strip()
+        instruction += "" if unicodedata.category(instruction[-1]).startswith("P") else "."
     fields = {"instruction": instruction, "image": image, "text": text}
     system = (spec.get("system") or "").format(**fields)
     default_user = "{image}{text}" if spec.get("system") else "{instruction}{image}{text}"

@@ -147,7 +147,9 @@ def _peft_key(key: str) -> str:
 def adapter_state_dict(model: nn.Module, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
     """Adapter weights under PEFT's saved key names."""
     sd = state_dict if state_dict is not None else model.state_dict()
-    return {_peft_key(k): v.detach().cpu().contiguous() for k, v in sd.items() if is_adapter_key(k)}
+    # clone: tied embeddings share one trainable-token delta between input and output rows (safetensors
+    # refuses tensors that share memory)
+    return {_peft_key(k): v.detach().cpu().clone() for k, v in sd.items() if is_adapter_key(k)}
 
 
 def save_adapter(model: nn.Module, path: str | Path, state_dict: dict | None = None) -> Path:

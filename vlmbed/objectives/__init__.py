@@ -7,10 +7,12 @@
 :func:`register` (from vlmbed, or from user code before the recipe is loaded).
 """
 
-from vlmbed.objectives import infonce, mae, mlm
+from vlmbed.objectives import bridge, distill, hardneg, infonce, judge, mae, mlm, muco
 from vlmbed.objectives.base import ContrastiveView, Objective, ObjectiveSettings
 
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (infonce.OBJECTIVE, mlm.OBJECTIVE, mae.OBJECTIVE)}
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (infonce.OBJECTIVE, mlm.OBJECTIVE, mae.OBJECTIVE,
+                                                        bridge.OBJECTIVE, distill.OBJECTIVE, hardneg.OBJECTIVE,
+                                                        judge.OBJECTIVE, muco.OBJECTIVE)}
 
 
 def register(objective: Objective, replace: bool = False) -> Objective:
@@ -27,5 +29,5 @@ def lookup(name: str) -> Objective:
     return OBJECTIVES[name]
 
 
-__all__ = ["OBJECTIVES", "ContrastiveView", "Objective", "ObjectiveSettings", "infonce", "lookup", "mae", "mlm",
-           "register"]
+__all__ = ["OBJECTIVES", "ContrastiveView", "bridge", "distill", "hardneg", "judge", "Objective", "ObjectiveSettings", "infonce", "lookup", "mae", "mlm",
+           "muco", "register"]

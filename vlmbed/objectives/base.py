@@ -49,6 +49,8 @@ class Objective:
     when gathered). ``all_queries(cfg)``: whether the view must carry every process's queries (a
     document -> query direction). ``tokens``: vlmbed's own token roles (``mask``, ``mark``) the objective
     needs in the vocabulary. ``collator``: the entry of ``vlmbed.train.data.COLLATORS`` building its batches.
+    ``data``: what the stage's data sources must yield (a ``vlmbed.data.FORMATS`` ``yields`` value:
+    contrastive ``examples`` or pre-training ``documents``); default by kind (:attr:`consumes`).
     """
 
     config: type[ObjectiveSettings]
@@ -60,6 +62,7 @@ class Objective:
     prepare: Callable | None = None
     tokens: tuple[str, ...] = ()
     collator: str | None = None
+    data: Literal["examples", "documents"] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -75,6 +78,12 @@ class Objective:
     @property
     def collator_name(self) -> str:
         return self.collator or ("pairs" if self.kind == "contrastive" else "documents")
+
+    @property
+    def consumes(self) -> str:
+        """What its stage's sources yield: ``examples`` (contrastive pairs) or ``documents``; e.g. CoCoA's
+        EOS-bridged reconstruction reads pairs."""
+        return self.data or ("examples" if self.kind == "contrastive" else "documents")
 
 
 @dataclass

@@ -41,6 +41,9 @@ class TrainCollator:
     collator: ContrastiveCollator
     on_bad_image: str = "error"
     bad_images: BadImageLog = field(default_factory=BadImageLog)
+    # further batch fields of a recipe's collator: ``make(examples, num_negatives) -> {name: tensor}`` over the
+    # batch's (kept, undecoded) examples, e.g. teacher vectors or judge scores (vlmbed.train.teacher)
+    extra_fields: list = field(default_factory=list)
 
     def __call__(self, items: list) -> dict:
         before = self.bad_images.dropped
@@ -53,6 +56,8 @@ class TrainCollator:
         batch["positive_keys"], batch["negative_keys"] = content_keys(examples, self.collator.num_negatives)
         batch["tasks"] = [ex.task for ex in examples]  # source task of each query (B,), for objectives and logs
         batch["position"] = (int(items[0][0]), int(items[0][1]))
+        for make in self.extra_fields:
+            batch.update(make(examples, self.collator.num_negatives))
         return batch
 
 
@@ -81,12 +86,12 @@ def build_plan(stage, examples, embedder, world: int, rank: int, cache_dir: Path
     costs = None
     cost = CostModel(embedder.encoder, kind=b.cost, max_length=getattr(stage.model, "max_length", None),
                      on_bad_image=stage.data.on_bad_image)
-    if b.mode == "token_budget" and stage.is_reconstruction:
+    if b.mode == "token_budget" and stage.consumes == "documents":
         costs = document_costs(examples, cost)
     elif b.mode == "token_budget":
         folder = Path(b.cost_cache) if b.cost_cache else cache_dir
         costs = example_costs(examples, cost, stage.data.num_negatives, folder)
-    keys = [group_key(ex) for ex in examples] if b.unique_positives and not stage.is_reconstruction else None
+    keys = [group_key(ex) for ex in examples] if b.unique_positives and stage.consumes == "examples" else None
     return BatchPlan(len(examples), spec, world=world, rank=rank, seed=stage.data.seed,
                      tasks=[ex.task for ex in examples], keys=keys, costs=costs)
 
@@ -104,9 +109,43 @@ def documents_collator(stage, embedder):
     return DocumentCollator(pretrain_collator(embedder, stage), seed=stage.data.seed)
 
 
+def bridge_collator(stage, embedder):
+    """CoCoA's EOS-bridged reconstruction: pairs -> masked ``[A | EOS | B]`` rows with attention blocks."""
+    from vlmbed.data.bridge import build_bridge_collator
+
+    cfg = next(o for o in stage.objectives if lookup(o.name).collator_name == "bridge")
+    return build_bridge_collator(cfg, stage, embedder)
+
+
+def teacher_collator(stage, embedder) -> TrainCollator:
+    """Text-only pairs plus the teacher vectors of every text (UniME stage 1), read from the objective's cache."""
+    from vlmbed.train.teacher import teacher_fields
+
+    collator = pairs_collator(stage, embedder)
+    collator.extra_fields.append(teacher_fields(stage))
+    return collator
+
+
+def judged_collator(stage, embedder) -> TrainCollator:
+    """Pairs plus per-candidate judge scores of each query's positive and hard negatives (UniME-V2)."""
+    from vlmbed.train.teacher import judge_fields
+
+    collator = pairs_collator(stage, embedder)
+    collator.extra_fields.append(judge_fields(stage))
+    return collator
+
+
+def turns_collator(stage, embedder):
+    """MuCo's multi-turn rows: one image, k query turns and k target turns, an ``<|emb|>`` per turn."""
+    from vlmbed.train.turns_data import turns_collator as build
+
+    return build(stage, embedder)
+
+
 # collator name -> (stage, embedder) -> collate_fn over positioned records; objectives name theirs
 # (Objective.collator; default: ``pairs`` for contrastive, ``documents`` for reconstruction objectives)
-COLLATORS = {"pairs": pairs_collator, "documents": documents_collator}
+COLLATORS = {"pairs": pairs_collator, "documents": documents_collator, "bridge": bridge_collator,
+             "teacher": teacher_collator, "judged": judged_collator, "turns": turns_collator}
 
 
 def stage_collator(stage, embedder):

@@ -3,7 +3,7 @@
 Everything in vlmbed that depends on how a family builds its processor, lays out its images or names
 its modules asks the family's adapter, never the processor's or the model's attributes directly:
 
-- loading: :meth:`load_model`, :meth:`load_processor`, :meth:`set_pixel_bounds`;
+- loading: :meth:`load_model`, :meth:`load_processor`, :meth:`set_pixel_bounds`, :meth:`configure_model`;
 - tokens: ``image_placeholder``, ``eos_token``, ``mark_token``, ``mask_token``, ``special_tokens``,
   :meth:`image_token_id`;
 - images: :meth:`image_tokens` / :meth:`image_factor` (the cost of an image), :meth:`patch_dim` /
@@ -61,6 +61,10 @@ class FamilyAdapter(ABC):
     @abstractmethod
     def set_pixel_bounds(self, processor, min_pixels: int | None, max_pixels: int | None) -> None:
         """Set image resolution bounds (pixels) on the processor; None keeps the processor's own."""
+
+    def configure_model(self, model, processor) -> None:
+        """Make the model agree with processor settings that :meth:`set_pixel_bounds` changed (default: none)."""
+        return None
 
     # ------------------------------------------------------------------ images
     @abstractmethod
