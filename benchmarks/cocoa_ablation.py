@@ -20,7 +20,7 @@ JSON line through ``benchmarks/claims.py``: ``with_bridge_mean``/``_std``, ``wit
 ``full_mean``/``_std``, per-seed and per-suite lists, the settings and the wall time. Seed = labeled subset,
 data order and masks; the pre-trained checkpoint is the same in every run (one cached build).
 
-    python benchmarks/cocoa_ablation.py                  # 3 seeds x 3 arms, about 12 min on 2 idle CPU cores
+    python benchmarks/cocoa_ablation.py                  # 3 seeds x 3 arms: 374 s on 2 idle CPU cores
     python benchmarks/cocoa_ablation.py --seeds 0 --arms with_bridge without_bridge
 """
 
