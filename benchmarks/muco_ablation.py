@@ -10,13 +10,13 @@ masking), learning rate, schedule, steps and seeds (``recipes/muco_tiny.yaml``):
 - ``single``: one pair sampled per image and step, ``turns: 1``, with as many images per step as make the
   same number of forward tokens (query + target rows), measured on collated batches before training.
 
-Every final model is scored on the held-out ``scenes`` suite (test split; precision@1 with MMEB semantics;
-its i2t and VQA tasks match the training turns, t2i and grounding read images as documents, which neither
-arm trains). Prints ONE JSON line through ``benchmarks/claims.py``: ``multiturn_mean/std``,
+Every final model is scored on the held-out ``scenes`` suite's i2t and VQA tasks (test split; precision@1
+with MMEB semantics): the tasks whose direction the training turns have (image + question -> text). Its t2i and
+grounding tasks read images as documents, which neither arm trains (``--suites scenes`` scores all four). Prints ONE JSON line through ``benchmarks/claims.py``: ``multiturn_mean/std``,
 ``single_mean/std``, per-seed lists, per-suite lists, tokens per step of both arms, the settings.
 
     python benchmarks/muco_ablation.py                    # 3 seeds x 2 arms
-    python benchmarks/muco_ablation.py --seeds 0 --steps 40
+    python benchmarks/muco_ablation.py --seeds 0 --steps 100
 """
 
 from __future__ import annotations

@@ -64,7 +64,9 @@ class Layout:
 
 # ----------------------------------------------------------------------------- Qwen3-VL
 
-QWEN3_TOKENS = (
+# The released Qwen2-VL added tokens in id order (151643 <|endoftext|> ... 151656 <|video_pad|>); Qwen2.5-VL
+# continues with the not-special tool / fim tokens; Qwen3-VL adds tool responses and thinking tags.
+VISION_SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|im_start|>",
     "<|im_end|>",
@@ -79,6 +81,8 @@ QWEN3_TOKENS = (
     "<|vision_pad|>",
     "<|image_pad|>",
     "<|video_pad|>",
+)
+QWEN25_EXTRA_TOKENS = (
     "<tool_call>",
     "</tool_call>",
     "<|fim_prefix|>",
@@ -87,11 +91,9 @@ QWEN3_TOKENS = (
     "<|fim_pad|>",
     "<|repo_name|>",
     "<|file_sep|>",
-    "<tool_response>",
-    "</tool_response>",
-    "<think>",
-    "</think>",
 )
+QWEN3_TOKENS = VISION_SPECIAL_TOKENS + QWEN25_EXTRA_TOKENS + (
+    "<tool_response>", "</tool_response>", "<think>", "</think>")
 
 QWEN3_VL = Layout(
     "qwen3_vl",

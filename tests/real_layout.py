@@ -36,36 +36,8 @@ from pathlib import Path
 import torch
 from backbone_layouts import BUILDERS as _NEW_BUILDERS
 from backbone_layouts import LAYOUTS as _NEW_LAYOUTS
+from backbone_layouts import QWEN25_EXTRA_TOKENS, VISION_SPECIAL_TOKENS
 from backbone_layouts import RECIPE_FAMILIES as _RECIPE_FAMILIES
-
-# The released added tokens, in id order: 151643 <|endoftext|> ... 151656 <|video_pad|> (Qwen2-VL);
-# Qwen2.5-VL continues 151657 <tool_call> ... 151664 <|file_sep|> (not special).
-VISION_SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
-QWEN25_EXTRA_TOKENS = (
-    "<tool_call>",
-    "</tool_call>",
-    "<|fim_prefix|>",
-    "<|fim_middle|>",
-    "<|fim_suffix|>",
-    "<|fim_pad|>",
-    "<|repo_name|>",
-    "<|file_sep|>",
-)
 
 # Qwen2's pre-tokenizer split (tokenizer.json of every Qwen2 / Qwen2-VL / Qwen2.5-VL release).
 PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""

@@ -16,6 +16,7 @@ import numpy as np
 
 from vlmbed.eval.cache import MemoryCache, item_cache_key
 from vlmbed.eval.distributed import EvalDist
+from vlmbed.models.encode_plan import dedupe
 from vlmbed.types import Item
 
 
@@ -35,20 +36,6 @@ class EncodeStats:
     def as_dict(self) -> dict:
         return {"items": self.items, "unique_items": self.unique_items, "encoded": self.encoded,
                 "from_cache": self.from_cache}
-
-
-def dedupe(keys: list[str]) -> tuple[list[int], np.ndarray]:
-    """First position of each distinct key, and for every input the index of its distinct key."""
-    index: dict[str, int] = {}
-    first: list[int] = []
-    where = np.empty(len(keys), dtype=np.int64)
-    for i, k in enumerate(keys):
-        j = index.get(k)
-        if j is None:
-            j = index[k] = len(first)
-            first.append(i)
-        where[i] = j
-    return first, where
 
 
 @dataclass

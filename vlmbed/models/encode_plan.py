@@ -62,14 +62,18 @@ def unique_items(items: list[Item]) -> tuple[list[int], np.ndarray]:
             pixels[id(image)] = Item(image=image).key()
         return ("pixels", pixels[id(image)])
 
+    return dedupe([(item.instruction, item.text, image_key(item.image)) for item in items])
+
+
+def dedupe(keys: list) -> tuple[list[int], np.ndarray]:
+    """First position of each distinct (hashable) key, and for every input the index of its distinct key."""
     index: dict = {}
     first: list[int] = []
-    where = np.empty(len(items), dtype=np.int64)
-    for i, item in enumerate(items):
-        key = (item.instruction, item.text, image_key(item.image))
-        j = index.get(key)
+    where = np.empty(len(keys), dtype=np.int64)
+    for i, k in enumerate(keys):
+        j = index.get(k)
         if j is None:
-            j = index[key] = len(first)
+            j = index[k] = len(first)
             first.append(i)
         where[i] = j
     return first, where
