@@ -20,7 +20,7 @@ JSON line through ``benchmarks/claims.py``: ``with_bridge_mean``/``_std``, ``wit
 ``full_mean``/``_std``, per-seed and per-suite lists, the settings and the wall time. Seed = labeled subset,
 data order and masks; the pre-trained checkpoint is the same in every run (one cached build).
 
-    python benchmarks/cocoa_ablation.py                  # 3 seeds x 3 arms: 374 s on 2 idle CPU cores
+    python benchmarks/cocoa_ablation.py                  # 3 seeds x 3 arms: about 12 min on 2 idle CPU cores
     python benchmarks/cocoa_ablation.py --seeds 0 --arms with_bridge without_bridge
 """
 
@@ -63,9 +63,9 @@ def main() -> None:
     p = main_args(__doc__.split("\n\n")[0], suites=("scenes", "digits"))
     p.add_argument("--model", default="tiny_pretrained", help="first checkpoint of every arm (tiny: random)")
     p.add_argument("--label-fraction", type=float, default=0.2, help="labeled share of the training images")
-    p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--bridge-steps", type=int, default=100)
-    p.add_argument("--cl-steps", type=int, default=200)
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--bridge-steps", type=int, default=200)
+    p.add_argument("--cl-steps", type=int, default=600)
     p.add_argument("--cl-lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=16, help="batch size of every stage, every arm")
     p.set_defaults(max_queries=50)  # 50 queries per task keeps the 9 evaluations cheap on 2 cores
