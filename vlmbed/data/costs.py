@@ -74,15 +74,10 @@ class CostModel:
 
 def image_size(item: Item) -> tuple[int, int]:
     """(width, height) from the header only; unreadable images fail as they would in training."""
-    import io
+    from vlmbed.models.encode_plan import image_size as header_size
 
-    from PIL import Image
-
-    if hasattr(item.image, "size"):
-        return item.image.size
     try:
-        with Image.open(io.BytesIO(item.image) if isinstance(item.image, bytes) else item.image) as im:
-            return im.size
+        return header_size(item.image)
     except (OSError, SyntaxError, ValueError):
         from vlmbed.data.images import open_image
 

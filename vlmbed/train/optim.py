@@ -56,7 +56,7 @@ SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "constant": warmu
 
 def warmup_steps(cfg, total_steps: int) -> int:
     """``cfg.warmup_steps`` when set (capped at the run's length), else ``ceil(warmup_ratio * total)``."""
-    if getattr(cfg, "warmup_steps", None) is not None:
+    if cfg.warmup_steps is not None:
         return min(cfg.warmup_steps, total_steps)
     return math.ceil(cfg.warmup_ratio * total_steps)
 
