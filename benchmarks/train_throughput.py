@@ -2,7 +2,8 @@
 
     python benchmarks/train_throughput.py [--size tiny] [--batch-size 16] [--chunk 4] [--steps 8] [--repeats 3]
 
-Same model (a random Qwen2.5-VL folder, :mod:`speed_world`), same examples, fp32, SDPA, AdamW, one process.
+Same model (a random Qwen2.5-VL folder, :mod:`speed_world`), same examples, fp32, SDPA, one process; both
+update with fused AdamW (the HF Trainer's default, which VLM2Vec trains with; vlmbed's ``build_optimizer``).
 Examples are (query, positive) pairs: text -> text, text -> image, image + text -> text.
 
 - ``baseline`` (VLM2Vec's step, written here with transformers only): raw strings with the image placeholder
@@ -12,10 +13,12 @@ Examples are (query, positive) pairs: text -> text, text -> image, image + text 
   forward of every chunk, the loss and its gradient on the cached representations, then a forward with a
   graph and backward of ``(reps * grad).sum()`` per chunk (two forwards), as VLM2Vec's GradCache does.
 - ``vlmbed``: the training loop's pieces: batches from vlmbed's plan (fixed size on fixed-length data,
-  token budget on mixed data: ``data.batching.mode=token_budget`` with the budget set so a batch holds on
-  average ``--batch-size`` examples), collated in a loader worker (``data.num_workers=1``), then
+  token budget on mixed data: ``data.batching.mode=token_budget`` with the budget scaled until a batch holds
+  on average ``--batch-size`` examples), collated by the loader in the training process (``--workers 0``, the
+  default ``data.num_workers``: on a 2-core machine a worker process takes a core from the model), then
   :func:`vlmbed.train.gradcache.full_batch_step` or :class:`~vlmbed.train.gradcache.GradCache` with the
-  InfoNCE objective, AdamW.
+  InfoNCE objective, AdamW. GradCache's gradient-free first pass takes ``4 x --chunk`` rows per forward
+  (``train.gradcache_embed_chunk: auto``; the model has no active dropout).
 
 Settings: ``fixed`` (every query and every positive of one length: texts of exactly ``--text-tokens``
 tokens, images of one size) and ``mixed`` (text lengths and image sizes drawn per example), each ``plain``
@@ -93,7 +96,8 @@ class Baseline:
                                                                  attn_implementation="sdpa")
         self.model.train()
         self.processor = AutoProcessor.from_pretrained(folder)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr)
+        # the HF Trainer's default optimizer (VLM2Vec trains with it): fused AdamW since torch 2.8
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, fused=True)
 
     def collate(self, items) -> dict:
         texts = [(PLACEHOLDER if it.has_image else "") + it.text + EOS for it in items]
@@ -167,11 +171,13 @@ class Vlmbed:
     """vlmbed's training pieces: plan, collator in a loader worker, full batch or GradCache, InfoNCE."""
 
     def __init__(self, folder: Path, lr: float):
+        from vlmbed.config import TrainConfig
         from vlmbed.models.embedder import Embedder
+        from vlmbed.train.optim import build_optimizer
 
         self.embedder = Embedder.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
         self.embedder.train()
-        self.opt = torch.optim.AdamW(self.embedder.parameters(), lr=lr)
+        self.opt = build_optimizer(self.embedder, TrainConfig(lr=lr, weight_decay=0.0))  # vlmbed's optimizer
 
     def batches(self, examples, batch_size: int, budget: bool, seed: int) -> list[list[int]]:
         from vlmbed.data.batching import BatchingSpec, BatchPlan
@@ -181,9 +187,12 @@ class Vlmbed:
             spec = BatchingSpec(batch_size=batch_size)
             return [b[0] for b in BatchPlan(len(examples), spec, seed=seed).epoch(0)]
         costs = example_costs(examples, CostModel(self.embedder.encoder, kind="tokens"))
-        per_example = float((costs[:, 0] + costs[:, 1]).mean()) / 2  # one role's tokens per example
-        spec = BatchingSpec(batch_size=batch_size, mode="token_budget", max_tokens=int(batch_size * per_example))
-        return [b[0] for b in BatchPlan(len(examples), spec, seed=seed, costs=costs).epoch(0)]
+        tokens = batch_size * float((costs[:, 0] + costs[:, 1]).mean())  # both roles' tokens, before padding
+        for _ in range(4):  # scale the budget until a batch holds batch_size examples on average
+            spec = BatchingSpec(batch_size=batch_size, mode="token_budget", max_tokens=int(tokens))
+            plan = [b[0] for b in BatchPlan(len(examples), spec, seed=seed, costs=costs).epoch(0)]
+            tokens *= batch_size / (sum(len(b) for b in plan) / len(plan))
+        return plan
 
     def loader(self, examples, plan: list[list[int]], workers: int):
         from torch.utils.data import DataLoader
@@ -196,7 +205,7 @@ class Vlmbed:
 
     def step(self, batch: dict, chunk: int | None) -> torch.Tensor:
         from vlmbed.config import InfoNCEConfig
-        from vlmbed.train.gradcache import GradCache, full_batch_step
+        from vlmbed.train.gradcache import GradCache, embed_chunk_size, full_batch_step
         from vlmbed.train.loop import encoder_fn
         from vlmbed.train.losses import contrastive_loss
 
@@ -211,9 +220,11 @@ class Vlmbed:
 
         encode = encoder_fn(self.embedder)
         if chunk is None:
-            out = full_batch_step(encode, roles, loss_fn, backward, adapter=self.embedder.adapter)
+            out = full_batch_step(encode, roles, loss_fn, backward, adapter=self.embedder.adapter,
+                                  image_token_id=self.embedder.model.config.image_token_id)
         else:
-            engine = GradCache(chunk, self.embedder.model.config.image_token_id, adapter=self.embedder.adapter)
+            engine = GradCache(chunk, self.embedder.model.config.image_token_id, adapter=self.embedder.adapter,
+                               embed_chunk_size=embed_chunk_size("auto", chunk, self.embedder))
             out = engine.step(encode, roles, loss_fn, backward)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -276,7 +287,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--text-tokens", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-5)
     args = ap.parse_args()
     torch.manual_seed(0)

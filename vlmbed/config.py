@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PositiveInt,
     SerializeAsAny,
     ValidationError,
     model_validator,
@@ -194,6 +195,9 @@ class TrainConfig(Strict):
     progress: bool = True
     keep_checkpoints: int = Field(2, ge=1)  # newest K checkpoints kept
     gradcache_chunk: int | None = Field(None, gt=0)  # GradCache: sequences per chunk (None: no GradCache)
+    # GradCache's gradient-free first pass: rows per forward (auto: 4 x the chunk; None: the chunk); used only
+    # when no dropout is active, since the replay must then reproduce no random draw
+    gradcache_embed_chunk: PositiveInt | Literal["auto"] | None = "auto"
     gather_across_devices: bool = True  # in-batch negatives from every process (gradient-carrying gather)
     max_nonfinite: int = Field(5, ge=1)  # stop after this many non-finite losses in a row (each is skipped)
     freeze_vision: bool = False  # full fine-tuning of the language model only

@@ -19,7 +19,7 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _run(embedder, batch, objectives, chunk):
+def _run(embedder, batch, objectives, chunk, embed_chunk=None):
     embedder.zero_grad(set_to_none=True)
     roles = {r: batch.get(r) for r in CONTRASTIVE_ROLES}
     encode = encoder_fn(embedder)
@@ -31,9 +31,10 @@ def _run(embedder, batch, objectives, chunk):
         loss.backward()
 
     if chunk:
-        out = GradCache(chunk).step(encode, roles, loss_fn, backward)
+        out = GradCache(chunk, embed_chunk_size=embed_chunk).step(encode, roles, loss_fn, backward)
     else:
-        out = full_batch_step(encode, roles, loss_fn, backward)
+        out = full_batch_step(encode, roles, loss_fn, backward,
+                              image_token_id=embedder.model.config.image_token_id)
     assert out.finite
     return out.parts, _grads(embedder)
 
@@ -57,6 +58,91 @@ def test_gradcache_equals_full_batch_with_hard_negatives(f32_embedder, chunk, sy
     assert abs(float(full_parts["loss"]) - float(gc_parts["loss"])) < 1e-5
     assert any(g.abs().sum() > 0 for n, g in full_grads.items() if "visual" in n)  # images do get gradient
     _assert_same(full_grads, gc_grads)
+
+
+def test_larger_gradient_free_chunks_keep_the_full_batch_gradients(f32_embedder, monkeypatch):
+    """Stage 1 in 6-row forwards, the replay in 2-row chunks: still the full batch's loss and gradients; and
+    the first pass really ran fewer, larger forwards."""
+    batch = train_batch(f32_embedder, digits_examples(per_task=3), num_negatives=1)
+    objectives = [InfoNCEConfig(temperature=0.05)]
+    full_parts, full_grads = _run(f32_embedder, batch, objectives, None)
+    rows = []
+    forward = type(f32_embedder).forward
+
+    def counting(self, inputs, **kw):
+        rows.append((torch.is_grad_enabled(), int(inputs["input_ids"].shape[0])))
+        return forward(self, inputs, **kw)
+
+    monkeypatch.setattr(type(f32_embedder), "forward", counting)
+    gc_parts, gc_grads = _run(f32_embedder, batch, objectives, 2, embed_chunk=6)
+    assert abs(float(full_parts["loss"]) - float(gc_parts["loss"])) < 1e-5
+    _assert_same(full_grads, gc_grads)
+    assert max(n for grad, n in rows if not grad) > 2 and max(n for grad, n in rows if grad) <= 2
+
+
+def test_chunks_of_length_sorted_rows_keep_the_full_batch_gradients(f32_embedder):
+    """Mixed lengths: chunks take rows sorted by length (less padding), images with their rows, and the
+    loss and gradients stay the full batch's."""
+    import dataclasses
+
+    examples = digits_examples(per_task=2)
+    long = [dataclasses.replace(ex, query=dataclasses.replace(ex.query, text=ex.query.text + " seven" * (9 * (i % 2))))
+            for i, ex in enumerate(examples)]
+    batch = train_batch(f32_embedder, long, num_negatives=0)
+    chunks = GradCache(2).chunks({"query": batch["query"]})["query"]
+    assert all(c.index is not None for c in chunks) and sorted(i for c in chunks for i in c.index) == list(range(6))
+    objectives = [InfoNCEConfig(temperature=0.05)]
+    full_parts, full_grads = _run(f32_embedder, batch, objectives, None)
+    gc_parts, gc_grads = _run(f32_embedder, batch, objectives, 2)
+    assert abs(float(full_parts["loss"]) - float(gc_parts["loss"])) < 1e-5
+    _assert_same(full_grads, gc_grads)
+
+
+def test_plain_step_of_mixed_lengths_runs_length_sorted_forwards(f32_embedder, monkeypatch):
+    """full_batch_step splits a role of very mixed lengths into length-sorted forwards, and its loss and
+    gradients equal one forward per role (the embeddings go back in row order)."""
+    import dataclasses
+
+    from vlmbed.train.chunks import length_split_count
+
+    examples = digits_examples(per_task=3)
+    long = [dataclasses.replace(ex, query=dataclasses.replace(ex.query, text=ex.query.text + " seven" * 30))
+            if i % 3 == 0 else ex for i, ex in enumerate(examples)]
+    batch = train_batch(f32_embedder, long, num_negatives=0)
+    assert length_split_count(batch["query"]) > 1
+    objectives = [InfoNCEConfig(temperature=0.05)]
+    encode = encoder_fn(f32_embedder)
+    f32_embedder.zero_grad(set_to_none=True)
+    reps = {r: encode(r, batch[r]) for r in ("query", "positive")}
+    one = contrastive_loss(reps, batch, objectives)["loss"]
+    one.backward()
+    one_grads = _grads(f32_embedder)
+    calls = []
+    forward = type(f32_embedder).forward
+    monkeypatch.setattr(type(f32_embedder), "forward", lambda self, inputs, **kw: calls.append(1) or
+                        forward(self, inputs, **kw))
+    parts, grads = _run(f32_embedder, batch, objectives, None)
+    assert len(calls) > 2 and abs(float(parts["loss"]) - float(one)) < 1e-5
+    _assert_same(one_grads, grads)
+
+
+def test_embed_chunk_only_without_dropout():
+    from peft import LoraConfig, get_peft_model
+
+    from vlmbed.train.gradcache import embed_chunk_size, has_active_dropout
+
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.0))
+    assert not has_active_dropout(plain)
+    assert embed_chunk_size("auto", 8, plain) == 32 and embed_chunk_size(20, 8, plain) == 20
+    assert embed_chunk_size(None, 8, plain) is None and embed_chunk_size("auto", None, plain) is None
+    lora = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)),
+                          LoraConfig(r=2, target_modules=["0"], lora_dropout=0.1))
+    assert has_active_dropout(lora) and embed_chunk_size("auto", 8, lora) is None
+
+    class Attention(torch.nn.Module):
+        attention_dropout = 0.1
+
+    assert has_active_dropout(torch.nn.Sequential(Attention()))
 
 
 def test_loss_matches_the_objective_called_directly(f32_embedder):

@@ -114,3 +114,28 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(tiny_model_dir
                                                        **common))
     assert not torch.allclose(g1, g2, atol=1e-6)  # two different batches
     assert torch.allclose(both, (g1 + g2) / 2, atol=1e-6, rtol=1e-4)
+
+
+def test_fused_adamw_updates_as_the_per_tensor_loop():
+    """build_optimizer picks torch's fused kernel on CPU; three steps move weights as the plain loop does."""
+    from types import SimpleNamespace
+
+    from vlmbed.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    cfg = SimpleNamespace(lr=1e-2, betas=(0.9, 0.999), weight_decay=0.1)
+    models = [torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = build_optimizer(models[0], cfg)
+    assert all(g.get("fused") for g in fused.param_groups)
+    params = list(models[1].parameters())  # weight, bias, norm weight, norm bias
+    loop = torch.optim.AdamW([{"params": [params[0]], "weight_decay": 0.1},
+                              {"params": params[1:], "weight_decay": 0.0}], lr=1e-2, foreach=False)
+    x = torch.randn(4, 8)
+    for _ in range(3):
+        for model, opt in ((models[0], fused), (models[1], loop)):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()

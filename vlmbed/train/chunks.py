@@ -49,6 +49,50 @@ def split_by_sizes(inputs: dict, sizes: list[int], image_token_id: int | None = 
     return [_trim({**_rows(inputs, a, b, skip), **m}) for (a, b), m in zip(bounds, media, strict=True)]
 
 
+def take_rows(inputs: dict, groups: list[list[int]], image_token_id: int | None = None,
+              adapter: FamilyAdapter | None = None) -> list[dict]:
+    """The inputs of each group of rows, rows in the group's order (images go with their rows)."""
+    singles = split_by_sizes(inputs, [1] * num_rows(inputs), image_token_id, adapter)
+    out = []
+    for group in groups:
+        parts = [singles[i] for i in group]
+        while len(parts) > 1:  # pairwise rounds: each row is copied log2(len(group)) times
+            parts = [concat_rows(parts[i], parts[i + 1], adapter) if i + 1 < len(parts) else parts[i]
+                     for i in range(0, len(parts), 2)]
+        out.append(parts[0])
+    return out
+
+
+def length_groups(inputs: dict, sizes: list[int], min_saving: float = 0.1) -> list[list[int]] | None:
+    """Rows sorted by length (stable) and cut into consecutive groups of ``sizes``, when that pads at least
+    ``min_saving`` fewer token slots than cutting the rows in their order; else None."""
+    lengths = inputs["attention_mask"].sum(dim=1)  # (B,)
+    order = torch.argsort(lengths, stable=True)
+
+    def slots(lens: torch.Tensor) -> int:
+        return sum(int(part.max()) * part.numel() for part in torch.split(lens, sizes))
+
+    if slots(lengths[order]) > (1 - min_saving) * slots(lengths):
+        return None
+    return [part.tolist() for part in torch.split(order, sizes)]
+
+
+def length_split_count(inputs: dict, max_groups: int = 4, penalty: float = 0.1) -> int:
+    """Forwards a role's rows take in a plain step: the count k <= ``max_groups`` of near-equal groups of
+    length-sorted rows with the fewest padded token slots, each forward past the first counted as ``penalty``
+    of the one-forward slots (its fixed cost)."""
+    lengths = torch.sort(inputs["attention_mask"].sum(dim=1)).values  # (B,)
+    n = lengths.numel()
+    whole = int(lengths[-1]) * n if n else 0
+    best, best_cost = 1, float(whole)
+    for k in range(2, min(max_groups, n) + 1):
+        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        cost = sum(int(part.max()) * part.numel() for part in torch.split(lengths, sizes)) + penalty * (k - 1) * whole
+        if cost < best_cost:
+            best, best_cost = k, cost
+    return best
+
+
 def first_row(inputs: dict, image_token_id: int | None = None, adapter: FamilyAdapter | None = None) -> dict:
     """The inputs of row 0 alone (a stand-in forward)."""
     n = num_rows(inputs)

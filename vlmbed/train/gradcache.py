@@ -14,6 +14,11 @@ gradient-accumulation steps. GradCache (Gao et al., 2021) splits the *encoder* w
 
 Peak activation memory is that of one chunk; the price is a second forward pass.
 
+Stage 1 keeps no graph, so its forwards may take larger chunks (``embed_chunk_size``: a gradient-free
+forward holds one layer's activations at a time, a chunk with a graph every layer's): fewer, fuller forwards
+for the same result. Only where no dropout is active: stage 3 must draw the random numbers stage 1 drew,
+which holds only when both cut the batch alike (:func:`has_active_dropout`).
+
 Works for one embedding per sequence (B, d) and several (B, k, d): the cache holds whatever the
 encoder returns. Distributed engines see ordinary forward/backward calls: the caller's ``sync``
 context wraps every chunk but the last in ``accelerator.no_sync`` (DDP, FSDP) and tells DeepSpeed
@@ -38,7 +43,16 @@ from dataclasses import dataclass
 import torch
 
 from vlmbed import dist
-from vlmbed.train.chunks import concat_rows, first_row, has_media, num_rows, split_by_sizes
+from vlmbed.train.chunks import (
+    concat_rows,
+    first_row,
+    has_media,
+    length_groups,
+    length_split_count,
+    num_rows,
+    split_by_sizes,
+    take_rows,
+)
 
 Encode = Callable[[str, dict], torch.Tensor]  # (role, inputs) -> embeddings (n, d) or (n, k, d)
 LossFn = Callable[[dict], dict]  # {role: embeddings} -> {"loss": scalar, part: scalar, ...}
@@ -76,6 +90,7 @@ class Chunk:
     inputs: dict
     rows: int  # real rows (0: a stand-in that only keeps the processes' forwards aligned)
     extra: int = 0  # stand-in rows appended after the real ones
+    index: list[int] | None = None  # the role's rows this chunk holds, in order (None: the next ``rows`` rows)
 
     def split(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(real rows' embeddings, the stand-ins' output scaled to zero, or None)."""
@@ -91,11 +106,13 @@ def _no_context(_last: bool):
 
 
 def plan_chunks(inputs_by_role: dict, chunk_size: int | None, image_stand_in: dict | None = None,
-                image_token_id: int | None = None, adapter=None) -> dict[str, list[Chunk]]:
+                image_token_id: int | None = None, adapter=None, counts: dict | None = None) -> dict[str, list[Chunk]]:
     """Chunks per role, with the same count (and the same vision-tower use) on every process.
 
     A role is cut into ``ceil(max rows over processes / chunk_size)`` near-equal chunks (one chunk
-    when ``chunk_size`` is None). ``image_stand_in``: processor inputs of one small image, appended to
+    when ``chunk_size`` is None; ``counts[role]`` chunks when given, the same on every process), of rows
+    sorted by length where that pads notably less (mixed lengths). ``image_stand_in``: processor inputs of one
+    small image, appended to
     a chunk that has no image where another process's chunk has one. ``adapter``: the family adapter that
     knows how the inputs lay out images (None: the one whose layout the inputs have).
     """
@@ -107,14 +124,17 @@ def plan_chunks(inputs_by_role: dict, chunk_size: int | None, image_stand_in: di
     for role, n, top in zip(roles, rows, most, strict=True):
         if top == 0:
             continue
-        k = math.ceil(top / chunk_size) if chunk_size else 1
+        k = counts[role] if counts else math.ceil(top / chunk_size) if chunk_size else 1
         sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        groups = length_groups(inputs_by_role[role], [s for s in sizes if s]) if k > 1 and n else None
         if k == 1 and n:  # the whole role in one forward: no need to cut anything
             real = [inputs_by_role[role]]
+        elif groups is not None:
+            real = take_rows(inputs_by_role[role], groups, image_token_id, adapter=adapter)
         else:
             real = split_by_sizes(inputs_by_role[role], [s for s in sizes if s], image_token_id,
                                   adapter=adapter) if n else []
-        out[role] = [Chunk(c, num_rows(c)) for c in real]
+        out[role] = [Chunk(c, num_rows(c), index=groups[i] if groups else None) for i, c in enumerate(real)]
         out[role] += [Chunk(first_row(inputs_by_role[role] if n else spare, image_token_id, adapter=adapter), 0)
                       for s in sizes if not s]
     if image_stand_in is not None and dist.is_distributed():
@@ -134,15 +154,22 @@ class GradCache:
     image_token_id: int | None = None
     image_stand_in: dict | None = None
     adapter: object | None = None  # the family adapter (how inputs lay out images); None: inferred from inputs
+    # rows per gradient-free forward (stage 1); None or not above chunk_size: the replay's chunks. Set it only
+    # when no dropout is active (the replay then cannot restore stage 1's random draws chunk by chunk)
+    embed_chunk_size: int | None = None
 
-    def chunks(self, inputs_by_role: dict) -> dict[str, list[Chunk]]:
-        return plan_chunks(inputs_by_role, self.chunk_size, self.image_stand_in, self.image_token_id, self.adapter)
+    def chunks(self, inputs_by_role: dict, size: int | None = None) -> dict[str, list[Chunk]]:
+        return plan_chunks(inputs_by_role, size or self.chunk_size, self.image_stand_in, self.image_token_id,
+                           self.adapter)
 
     def step(self, encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backward: Backward,
              sync: SyncContext = _no_context) -> StepOutput:
         """One optimisation step's forward and backward; gradients accumulate in the parameters."""
         chunks = self.chunks(inputs_by_role)
-        reps, states = self.embed(encode, chunks)
+        merged = bool(self.chunk_size and self.embed_chunk_size and self.embed_chunk_size > self.chunk_size)
+        first = plan_chunks(inputs_by_role, None, self.image_stand_in, self.image_token_id, self.adapter,
+                            counts=forward_counts(inputs_by_role, self.embed_chunk_size)) if merged else chunks
+        reps, states = self.embed(encode, first)
         parts = loss_fn(reps)
         loss = parts["loss"]
         if not finite_everywhere(loss):
@@ -150,7 +177,7 @@ class GradCache:
         roles = list(reps)
         grads = torch.autograd.grad(loss, [reps[r] for r in roles], allow_unused=True)
         cached = {r: (g if g is not None else torch.zeros_like(reps[r])) for r, g in zip(roles, grads, strict=True)}
-        self.replay(encode, chunks, states, cached, backward, sync)
+        self.replay(encode, chunks, None if merged else states, cached, backward, sync)
         return StepOutput({k: v.detach() for k, v in parts.items()}, finite=True)
 
     def embed(self, encode: Encode, chunks: dict[str, list[Chunk]]) -> tuple[dict, dict]:
@@ -165,26 +192,52 @@ class GradCache:
                 if chunk.rows:
                     outs.append(emb)
             if outs:
-                reps[role] = torch.cat(outs, dim=0).detach().requires_grad_(True)  # (n, d) or (n, k, d)
+                rows = torch.cat(outs, dim=0).detach()  # (n, d) or (n, k, d), in chunk order
+                if any(c.index is not None for c in role_chunks):  # back to the batch's row order
+                    order = torch.tensor([i for c in role_chunks if c.rows for i in c.index], device=rows.device)
+                    rows = torch.empty_like(rows).index_copy_(0, order, rows)
+                reps[role] = rows.requires_grad_(True)
             states[role] = role_states
         return reps, states
 
-    def replay(self, encode: Encode, chunks: dict, states: dict, cached: dict, backward: Backward,
+    def replay(self, encode: Encode, chunks: dict, states: dict | None, cached: dict, backward: Backward,
                sync: SyncContext = _no_context) -> None:
-        """Stage 3: re-embed each chunk with a graph and backpropagate its cached gradient."""
+        """Stage 3: re-embed each chunk with a graph and backpropagate its cached gradient (``states``: the
+        RNG state of each chunk's stage-1 forward; None when stage 1 cut the batch otherwise)."""
         order = [(role, i) for role in chunks for i in range(len(chunks[role]))]
         starts = dict.fromkeys(chunks, 0)
         for n, (role, i) in enumerate(order):
             chunk, last = chunks[role][i], n == len(order) - 1
             with sync(last):
-                with states[role][i].restored():
+                with states[role][i].restored() if states is not None else nullcontext():
                     emb, idle = chunk.split(encode(role, chunk.inputs))  # (c, d) or (c, k, d)
                 surrogate = emb.sum() * 0.0
                 if chunk.rows:
-                    grad = cached[role][starts[role] : starts[role] + chunk.rows].to(emb.dtype)
+                    grad = (cached[role][starts[role] : starts[role] + chunk.rows] if chunk.index is None
+                            else cached[role][torch.tensor(chunk.index, device=emb.device)]).to(emb.dtype)
                     starts[role] += chunk.rows
                     surrogate = (emb * grad).sum()  # d surrogate / d theta = (d emb / d theta)^T grad
                 backward(surrogate if idle is None else surrogate + idle, last)
+
+
+def has_active_dropout(model: torch.nn.Module) -> bool:
+    """Whether a training forward draws random numbers: a dropout module with p > 0 (LoRA's included) or an
+    attention module with a non-zero ``attention_dropout`` (transformers' attention functions apply it)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            return True
+        p = getattr(module, "attention_dropout", 0.0)
+        if isinstance(p, float) and p > 0:
+            return True
+    return False
+
+
+def embed_chunk_size(setting: int | str | None, chunk_size: int | None, model: torch.nn.Module) -> int | None:
+    """Rows per gradient-free forward for ``train.gradcache_embed_chunk``: ``auto`` = 4 x the chunk, an int as
+    given, None = the chunk; the chunk whenever dropout is active (see :class:`GradCache`)."""
+    if not chunk_size or setting is None or has_active_dropout(model):
+        return None
+    return 4 * chunk_size if setting == "auto" else int(setting)
 
 
 def finite_everywhere(loss: torch.Tensor) -> bool:
@@ -193,27 +246,46 @@ def finite_everywhere(loss: torch.Tensor) -> bool:
 
 
 def full_batch_step(encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backward: Backward,
-                    sync: SyncContext = _no_context, image_stand_in: dict | None = None, adapter=None) -> StepOutput:
-    """The same contract without GradCache: one forward per role with a graph, one backward.
+                    sync: SyncContext = _no_context, image_stand_in: dict | None = None, adapter=None,
+                    image_token_id: int | None = None) -> StepOutput:
+    """The same contract without GradCache: every forward with a graph, one backward.
 
-    Forwards are aligned across processes as in GradCache (one chunk per role).
+    With ``image_token_id`` (which rows own which images, for families that need it to cut a batch), a role
+    of mixed lengths runs as a few forwards of length-sorted rows when that pads notably fewer token slots
+    (:func:`~vlmbed.train.chunks.length_split_count`; the count agreed on by every process); the embeddings
+    are put back in row order, so the loss and gradients are the one-forward ones. Without it, one forward
+    per role.
     """
-    chunks = plan_chunks(inputs_by_role, None, image_stand_in, adapter=adapter)
+    counts = forward_counts(inputs_by_role, None) if image_token_id is not None else None
+    chunks = plan_chunks(inputs_by_role, None, image_stand_in, image_token_id, adapter=adapter, counts=counts)
     with sync(True):
-        reps, idle = {}, None
-        for role, (chunk,) in chunks.items():
-            emb, extra = chunk.split(encode(role, chunk.inputs))
-            if chunk.rows:
-                reps[role] = emb
-            zero = extra if chunk.rows else emb.sum() * 0.0
-            if zero is not None:
-                idle = zero if idle is None else idle + zero
+        reps, idle = {}, []
+        for role, role_chunks in chunks.items():
+            outs, order = [], []
+            for chunk in role_chunks:
+                emb, extra = chunk.split(encode(role, chunk.inputs))
+                idle.append(extra if chunk.rows else emb.sum() * 0.0)
+                if chunk.rows:
+                    outs.append(emb)
+                    order += chunk.index if chunk.index is not None else range(len(order), len(order) + chunk.rows)
+            if outs:
+                rows = torch.cat(outs, dim=0)
+                reps[role] = rows if order == sorted(order) else rows[torch.argsort(torch.tensor(order))]
         parts = loss_fn(reps)
-        loss = parts["loss"] if idle is None else parts["loss"] + idle
+        extra = [x for x in idle if x is not None]
+        loss = parts["loss"] + sum(extra) if extra else parts["loss"]
         if not finite_everywhere(loss):
             return StepOutput({k: v.detach() for k, v in parts.items()}, finite=False)
         backward(loss, True)
     return StepOutput({k: v.detach() for k, v in parts.items()}, finite=True)
+
+
+def forward_counts(inputs_by_role: dict, rows_per_forward: int | None) -> dict[str, int]:
+    """Forwards per role, agreed over processes: enough for ``rows_per_forward`` (None: no bound), more where
+    length-sorted groups pad notably fewer slots (:func:`~vlmbed.train.chunks.length_split_count`)."""
+    local = [max(math.ceil(num_rows(v) / rows_per_forward) if rows_per_forward else 1, length_split_count(v))
+             if v is not None and num_rows(v) else 1 for v in inputs_by_role.values()]
+    return dict(zip(inputs_by_role, dist.max_across(local), strict=True))
 
 
 def image_stand_in(encoder) -> dict:

@@ -42,7 +42,7 @@ from vlmbed.train.checkpoint import (
     save_checkpoint,
 )
 from vlmbed.train.data import build_loader, build_plan
-from vlmbed.train.gradcache import GradCache, StepOutput, full_batch_step, image_stand_in
+from vlmbed.train.gradcache import GradCache, StepOutput, embed_chunk_size, full_batch_step, image_stand_in
 from vlmbed.train.losses import contrastive_loss, global_mean_parts
 from vlmbed.train.optim import build_optimizer, build_scheduler
 from vlmbed.train.presets import set_deepspeed_grad_clip
@@ -154,8 +154,9 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
     # wherever another process's chunk has one, so the vision tower runs on every process
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     stand_in = image_stand_in(unwrapped.encoder) if sharded else None
-    engine = GradCache(cfg.gradcache_chunk, getattr(unwrapped.model.config, "image_token_id", None), stand_in,
-                       adapter=unwrapped.adapter)
+    engine = GradCache(cfg.gradcache_chunk, unwrapped.adapter.image_token_id(unwrapped.model), stand_in,
+                       adapter=unwrapped.adapter,
+                       embed_chunk_size=embed_chunk_size(cfg.gradcache_embed_chunk, cfg.gradcache_chunk, unwrapped))
 
     # ---- resume
     progress = restore(accelerator, stage_dir, cfg)
@@ -195,7 +196,7 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
         if cfg.gradcache_chunk:
             return engine.step(encode, roles, loss_fn, backward, micro_sync)
         return full_batch_step(encode, roles, loss_fn, backward, micro_sync, image_stand_in=stand_in,
-                               adapter=unwrapped.adapter)
+                               adapter=unwrapped.adapter, image_token_id=engine.image_token_id)
 
     start, seen, last_loss = time.time(), 0, float("nan")
     dropped: Counter = Counter()  # this process's records/images/text dropped at collate time (bad images, bounds)

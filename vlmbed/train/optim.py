@@ -4,6 +4,9 @@
 Hugging Face's ``get_linear_schedule_with_warmup``, the schedule of the MoCa and CoCoA code) or ``constant``
 (HF's ``get_constant_schedule_with_warmup``, MuCo's code). Warm-up length is ``train.warmup_steps`` when set
 (the CoCoA and MuCo scripts give steps), else ``ceil(warmup_ratio * total_steps)``, as the HF Trainer computes it.
+
+The update is torch's fused AdamW kernel where every parameter lives on a device it supports (the HF Trainer's
+default optimizer since torch 2.8): the same update as the per-tensor loop, several times faster on CPU.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
             continue
         (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused_supported(decay + no_decay))
+
+
+def fused_supported(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW runs on these parameters (floating point, on CPU or an accelerator)."""
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda", "xpu", "mps")
+                                for p in params)
 
 
 def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
