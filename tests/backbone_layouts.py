@@ -584,9 +584,16 @@ BUILDERS = {
     "idefics3": build_smolvlm,
     "llava_onevision": build_llava_onevision,
 }
-# families whose folders run every shipped recipe (real_layout.FAMILIES): mae needs the Qwen-VL patch layout
-RECIPE_FAMILIES = ("qwen3_vl",)
+# families whose folders run every shipped recipe (real_layout.FAMILIES)
+RECIPE_FAMILIES = ("qwen3_vl", "idefics3", "llava_onevision")
 
 
 def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
+# Gemma 3's layout lives in its own file, which imports the writers above (so it is registered last)
+from backbone_layouts_gemma3 import GEMMA3, build_gemma3  # noqa: E402
+
+LAYOUTS["gemma3"] = GEMMA3
+BUILDERS["gemma3"] = build_gemma3

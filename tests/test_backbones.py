@@ -245,5 +245,8 @@ def test_llava_onevision_pixel_bounds_pick_the_anyres_grids(folders, tmp_path):
     assert n_small < n_full and n_small == small.adapter.image_tokens(small.processor, 64, 96)
     before = small.encode([tall])
     np.testing.assert_array_equal(before, load(small.save_pretrained(tmp_path / "small")).encode([tall]))
-    with pytest.raises(ValueError, match="image_grid_pinpoints"):
-        load(folder, min_pixels=10**6)
+    # bounds that no grid lies within keep the nearest grid (a recipe's bounds written for Qwen-VL still run)
+    assert load(folder, min_pixels=10**6).processor.image_processor.image_grid_pinpoints == [[64, 64]]
+    assert load(folder, max_pixels=10).processor.image_processor.image_grid_pinpoints == [[32, 32]]
+    with pytest.raises(ValueError, match="min_pixels"):
+        load(folder, min_pixels=4096, max_pixels=1024)

@@ -23,7 +23,8 @@ WORDS = " ".join(f"word{i}" for i in range(60))  # ~120 tokens of plain text
 
 def _collator(embedder, **kw) -> PretrainCollator:
     return PretrainCollator(embedder.encoder, mask_token="<|mask|>", extra_special_tokens=SPECIALS,
-                            image_token_id=embedder.adapter.image_token_id(embedder.model), seed=0, **kw)
+                            image_token_id=embedder.adapter.image_token_id(embedder.model), adapter=embedder.adapter,
+                            seed=0, **kw)
 
 
 def _ids(embedder, name: str) -> int:

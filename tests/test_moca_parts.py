@@ -29,14 +29,15 @@ def test_text_mask_ratio_is_respected_and_specials_never_masked():
 def test_noise_replaces_exactly_the_masked_units():
     g = torch.Generator().manual_seed(1)
     pixels = torch.randn(4 * 5000, 12, generator=g)
-    m = mask_image_units(pixels, merge=2, ratio=0.5, generator=g)
+    m = mask_image_units(pixels.reshape(-1, 4, 12), ratio=0.5, generator=g)  # units of merge**2 = 4 patches
     assert abs(m.unit_mask.float().mean().item() - 0.5) < 0.02  # unit mask ratio
     patch_mask = m.unit_mask.repeat_interleave(4)
-    assert torch.equal(m.pixel_values[~patch_mask], pixels[~patch_mask])  # untouched outside
-    assert (m.pixel_values[patch_mask] != pixels[patch_mask]).all()  # every masked patch replaced
+    noised = m.units.reshape(-1, 12)
+    assert torch.equal(noised[~patch_mask], pixels[~patch_mask])  # untouched outside
+    assert (noised[patch_mask] != pixels[patch_mask]).all()  # every masked patch replaced
     assert torch.equal(m.targets, pixels[patch_mask])  # targets: the originals of masked units only
-    shared = mask_image_units(pixels[:400], merge=2, ratio=0.5, noise="shared", generator=g)
-    rows = shared.pixel_values[shared.unit_mask.repeat_interleave(4)]
+    shared = mask_image_units(pixels[:400].reshape(-1, 4, 12), ratio=0.5, noise="shared", generator=g)
+    rows = shared.units[shared.unit_mask].reshape(-1, 12)
     assert torch.equal(rows, rows[:1].expand_as(rows))  # MoCa code: one shared noise vector
 
 
@@ -55,7 +56,8 @@ def _stage1_batch(embedder):
     coll = PretrainCollator(
         embedder.encoder, mask_token="<|mask|>",
         extra_special_tokens=["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|im_end|>"],
-        image_token_id=embedder.adapter.image_token_id(embedder.model), mlm_ratio=0.4, mae_ratio=0.5, seed=3,
+        image_token_id=embedder.adapter.image_token_id(embedder.model), adapter=embedder.adapter,
+        mlm_ratio=0.4, mae_ratio=0.5, seed=3,
     )
     return coll(batch_docs)
 

@@ -395,8 +395,9 @@ def test_lr_1e6_update_changes_a_bf16_checkpoint(world, family, tmp_path, monkey
     [run] = run_recipe(load_recipe("moca", overrides), only_stage="cl")
     assert run.result.steps == 1 and built, "the stage did not train (or build_embedder moved)"
     original = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
-    before = original.model.language_model.layers[-1].mlp.down_proj.weight.detach()
-    trained = built[-1].model.model.language_model.layers[-1].mlp.down_proj.weight.detach()
+    layers = built[-1].adapter.decoder_layers  # where the family keeps its language model's layers
+    before = layers(original)[-1].mlp.down_proj.weight.detach()
+    trained = layers(built[-1].model)[-1].mlp.down_proj.weight.detach()
     delta = (trained.float() - before).abs()
     assert (delta > 0).float().mean() > 0.5, (
         f"{(delta > 0).float().mean():.1%} of the weights moved at lr 1e-6 (parameters in {trained.dtype}): "

@@ -3,13 +3,14 @@
 Text: every non-special token is replaced by ``<|mask|>`` with probability ``ratio`` (no BERT
 80/10/10, as MoCa's collator); labels hold the original id at masked positions, -100 elsewhere.
 
-Image: ``pixel_values`` are rows of flattened patches, and every ``merge**2`` consecutive rows form
-one *unit*, the patches that become one image token in the language model (the family adapter says
-``merge``: ``adapter.merge_size(processor)``, and which tokens are units: ``adapter.image_unit_mask``).
-Units are masked with probability ``ratio``; a masked unit's patches are replaced by Gaussian noise
-*before* the vision encoder (paper: a fresh N(0, 1) vector per patch; MoCa's code: one vector shared
-by every masked patch of the batch, ``noise="shared"``). The targets are the original
-(processor-normalised) patch vectors of the masked units.
+Image: an image *unit* is the group of vision patches that becomes one image token in the language model
+(``merge**2`` patches; Qwen-VL: ``merge**2`` consecutive rows of ``pixel_values``; tiled families: squares of
+their tiles). The family adapter says where they are: ``adapter.unit_patches`` gives every unit's patch
+vectors (U, merge**2, D) in the order of the image-unit tokens (``adapter.image_unit_mask``), and
+``adapter.with_unit_patches`` writes them back. Units are masked with probability ``ratio``; a masked unit's
+patches are replaced by Gaussian noise *before* the vision encoder (paper: a fresh N(0, 1) vector per patch;
+MoCa's code: one vector shared by every masked patch of the batch, ``noise="shared"``). The targets are the
+original (processor-normalised) patch vectors of the masked units.
 """
 
 from __future__ import annotations
@@ -50,31 +51,27 @@ def mask_text(
 
 @dataclass
 class ImageMask:
-    pixel_values: torch.Tensor  # (P, D) with masked units' patches replaced by noise
+    units: torch.Tensor  # (U, merge**2, D) with the masked units' patches replaced by noise
     unit_mask: torch.Tensor  # (U,) bool, one entry per image-unit token in sequence order
     targets: torch.Tensor  # (M * merge**2, D) original patches of the masked units, in order
 
 
 def mask_image_units(
-    pixel_values: torch.Tensor,  # (P, D), P = U * merge**2
-    merge: int,
+    units: torch.Tensor,  # (U, merge**2, D): every unit's patches (adapter.unit_patches)
     ratio: float,
     noise: str = "per_patch",
     generator: torch.Generator | None = None,
 ) -> ImageMask:
-    per_unit = merge * merge
-    if pixel_values.shape[0] % per_unit:
-        raise ValueError(f"{pixel_values.shape[0]} patches are not a multiple of merge**2={per_unit}")
-    units = pixel_values.shape[0] // per_unit
-    unit_mask = torch.rand(units, generator=generator) < ratio  # (U,)
-    patch_mask = unit_mask.repeat_interleave(per_unit)  # (P,)
-    targets = pixel_values[patch_mask].clone()  # (M * per_unit, D)
+    n_units, per_unit, dim = units.shape
+    unit_mask = torch.rand(n_units, generator=generator) < ratio  # (U,)
+    masked = int(unit_mask.sum()) * per_unit
+    targets = units[unit_mask].reshape(-1, dim).clone()  # (M * per_unit, D)
     if noise == "shared":
-        fill = torch.randn(1, pixel_values.shape[1], generator=generator).expand(int(patch_mask.sum()), -1)
+        fill = torch.randn(1, dim, generator=generator).expand(masked, -1)
     elif noise == "per_patch":
-        fill = torch.randn(int(patch_mask.sum()), pixel_values.shape[1], generator=generator)
+        fill = torch.randn(masked, dim, generator=generator)
     else:
         raise ValueError(f"unknown noise {noise!r}: per_patch (paper) or shared (MoCa code)")
-    noised = pixel_values.clone()
-    noised[patch_mask] = fill.to(pixel_values.dtype)
+    noised = units.clone()
+    noised[unit_mask] = fill.reshape(-1, per_unit, dim).to(units.dtype)
     return ImageMask(noised, unit_mask, targets)

@@ -21,7 +21,6 @@ objectives need.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,15 +113,13 @@ class PretrainCollator:
     mask_token: str
     extra_special_tokens: list[str]
     image_token_id: int
-    merge: int = 2
+    adapter: object  # the family adapter: which tokens are image units and where their patches are
     mlm_ratio: float = 0.4
     mae_ratio: float = 0.5
     noise: str = "per_patch"
     seed: int = 0
     max_length: int | None = None
     on_bad_image: str = "error"
-    # (input_ids, image token id) -> (B, T) bool at the image units: the family adapter's rule
-    image_unit_mask: Callable = field(default=lambda ids, image_token_id: ids == image_token_id)
     stats: PretrainStats = field(default_factory=PretrainStats)
     _generator: torch.Generator = field(init=False, repr=False)
 
@@ -150,13 +147,14 @@ class PretrainCollator:
         ids, labels = mask_text(enc["input_ids"], enc["attention_mask"], self.special, self.mask_id,
                                 self.mlm_ratio, self._generator)
         enc["input_ids"] = ids
-        image_token_mask = self.image_unit_mask(ids, self.image_token_id)  # (B, T)
-        if "pixel_values" in enc:
-            m = mask_image_units(enc["pixel_values"], self.merge, self.mae_ratio, self.noise, self._generator)
-            enc["pixel_values"] = m.pixel_values
+        proc = self.encoder.processor
+        image_token_mask = self.adapter.image_unit_mask(ids, self.image_token_id, proc, enc)  # (B, T)
+        unit_mask, targets = torch.zeros(int(image_token_mask.sum()), dtype=torch.bool), torch.zeros(0, 0)
+        if "pixel_values" in enc and self.mae_ratio > 0:  # no mae: the units' patches are never read
+            units = self.adapter.unit_patches(proc, enc)  # (U, merge**2, D)
+            m = mask_image_units(units, self.mae_ratio, self.noise, self._generator)
+            enc.update(self.adapter.with_unit_patches(proc, enc, m.units))
             unit_mask, targets = m.unit_mask, m.targets
-        else:
-            unit_mask, targets = torch.zeros(0, dtype=torch.bool), torch.zeros(0, 0)
         data_stats = {"bad_images": self.stats.bad_images.dropped - bad_before, **bound.as_dict()}
         return {"inputs": enc, "mlm_labels": labels, "image_token_mask": image_token_mask,
                 "unit_mask": unit_mask, "mae_targets": targets, "data_stats": data_stats}

@@ -3,8 +3,12 @@
 ``causal`` is the backbone's own mask; ``bidirectional`` lets every token see every non-pad token;
 ``block`` takes a per-sample mask function (CoCoA's collaborative mask, MuCo's per-turn masks):
 ``block_fn(batch_idx, head_idx, q_idx, kv_idx) -> bool`` intersected with the padding mask.
-The result is the ``{"full_attention": mask}`` mapping the Qwen-VL text models accept in place of a
-2-D mask, materialised in the format of the model's attention implementation (sdpa, eager, flex).
+The result is the per-layer-type mapping (``full_attention`` / ``sliding_attention``) the text models accept
+in place of a 2-D mask, materialised in the format of the model's attention implementation (sdpa, eager,
+flex). Models with sliding-window layers (Gemma 3: ``layer_types``, ``sliding_window`` w) get a second mask
+for those layers: causal mode the model's own sliding causal window (q - w < kv <= q); bidirectional mode
+the symmetric window |q - kv| < w (what Gemma's own ``use_bidirectional_attention`` builds); block mode the
+block function within that window. Configs without sliding layers (Qwen-VL) get one mask for both keys.
 """
 
 from __future__ import annotations
@@ -12,7 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.masking_utils import (
+    and_masks,
+    create_bidirectional_mask,
+    create_causal_mask,
+    create_sliding_window_causal_mask,
+)
 
 ATTENTION_MODES = ("causal", "bidirectional", "block")
 
@@ -46,4 +55,47 @@ def build_attention_masks(
             config=text_config, inputs_embeds=shape_only, attention_mask=attention_mask,
             and_mask_function=block_fn, allow_is_bidirectional_skip=False,
         )
-    return {"full_attention": mask, "sliding_attention": mask}
+    masks = {"full_attention": mask, "sliding_attention": mask}
+    window = _sliding_window(text_config)
+    if window is not None:
+        masks["sliding_attention"] = _sliding_mask(mode, text_config, shape_only, attention_mask, window, block_fn)
+    return LayerMasks(masks, mode)
+
+
+class LayerMasks(dict):
+    """The layer type -> mask mapping, with the ``mode`` it was built for: an adapter whose model adds its own
+    structure to causal attention (Gemma 3's bidirectional image blocks) reads it."""
+
+    def __init__(self, masks: dict, mode: str):
+        super().__init__(masks)
+        self.mode = mode
+
+
+def _sliding_window(text_config) -> int | None:
+    """The window of the config's sliding-attention layers; None when no layer slides."""
+    layers = getattr(text_config, "layer_types", None) or ()
+    window = getattr(text_config, "sliding_window", None)
+    return int(window) if "sliding_attention" in layers and window is not None else None
+
+
+def _within(window: int) -> Callable:
+    """|q - kv| < window: the symmetric sliding window (Gemma 3's bidirectional window, exclusive bound)."""
+
+    def inner(batch_idx, head_idx, q_idx, kv_idx):
+        return abs(q_idx - kv_idx) < window
+
+    return inner
+
+
+def _sliding_mask(mode: str, text_config, shape_only, attention_mask, window: int, block_fn) -> object:
+    """The sliding-window layers' mask for ``mode`` (see the module docstring)."""
+    if mode == "causal":
+        return create_sliding_window_causal_mask(
+            config=text_config, inputs_embeds=shape_only, attention_mask=attention_mask, cache=None,
+            position_ids=None,
+        )
+    near = _within(window) if mode == "bidirectional" else and_masks(block_fn, _within(window))
+    return create_bidirectional_mask(
+        config=text_config, inputs_embeds=shape_only, attention_mask=attention_mask,
+        and_mask_function=near, allow_is_bidirectional_skip=False,
+    )

@@ -111,6 +111,7 @@ class Embedder(nn.Module):
             chat=self.settings.chat,
             max_length=self.settings.max_length,
             image_tokens=lambda width, height: self.adapter.image_tokens(processor, width, height),
+            chat_parts=self.adapter.chat_parts,
         )
 
     # ----------------------------------------------------------------- vlmbed's own tokens

@@ -5,7 +5,8 @@
 - :class:`PatchDecoder`: MoCa's "lightweight decoder": one language-model decoder layer initialised
   as a copy of the middle layer (L // 2), run bidirectionally over the whole last hidden-state
   sequence with the same masks and M-RoPE positions, then ``Linear(d, merge**2 * patch_dim)`` at the
-  masked image-unit positions (weights N(0, 0.02), zero bias).
+  masked image-unit positions (weights N(0, 0.02), zero bias): one row per unit, its ``merge**2`` patches
+  in the order of ``adapter.unit_patches``.
 
 Where the layers, the rotary table and the image units are is the family adapter's answer
 (:mod:`vlmbed.models.adapters`); nothing here names a family.

@@ -38,6 +38,7 @@ class ItemEncoder:
     chat: dict[str, dict] | None = None  # role -> chat format (see render_chat)
     max_length: int | None = None  # tokens per sequence, image tokens counted
     image_tokens: Callable[[int, int], int] | None = None  # (width, height) -> language-model image tokens
+    chat_parts: bool = False  # chat messages as typed parts (the family's chat template reads no plain strings)
 
     def format(self, item: Item, role: str, image_tokens: int = 0) -> str:
         """The sequence text of ``item`` for ``role``; ``image_tokens``: the item's image's tokens (for the
@@ -51,7 +52,8 @@ class ItemEncoder:
     def _render(self, item: Item, role: str, text: str) -> str:
         image = self.image_placeholder if item.has_image else ""
         if (self.chat or {}).get(role) is not None:
-            out = render_chat(self.processor, self.chat[role], instruction=item.instruction, image=image, text=text)
+            out = render_chat(self.processor, self.chat[role], instruction=item.instruction, image=image, text=text,
+                              parts=self.chat_parts)
         else:
             out = self.templates[role].format(instruction=item.instruction, image=image, text=text)
         return out + (self.append_eos or "")
@@ -97,7 +99,7 @@ class ItemEncoder:
         return int(self.image_tokens(*image.size))
 
 
-def render_chat(processor, spec: dict, instruction: str, image: str, text: str) -> str:
+def render_chat(processor, spec: dict, instruction: str, image: str, text: str, parts: bool = False) -> str:
     """One item through the processor's chat template.
 
     ``spec``: ``system`` (template of the system turn, e.g. ``"{instruction}"``; empty or absent: no system
@@ -106,7 +108,8 @@ def render_chat(processor, spec: dict, instruction: str, image: str, text: str) 
     ``generation_prompt`` (append the assistant prefix; default false), ``suffix`` (text after it, for
     example the token that last-token pooling reads), ``default_instruction`` (the instruction of items that
     have none) and ``punctuate`` (strip the instruction and end it with "." unless it ends in punctuation,
-    as Qwen3-VL-Embedding does).
+    as Qwen3-VL-Embedding does). ``parts``: pass message contents as typed parts (:func:`_parts`) rather than
+    strings, for chat templates that read only those.
     """
     template = getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)
     if not template:
@@ -119,11 +122,23 @@ def render_chat(processor, spec: dict, instruction: str, image: str, text: str) 
     fields = {"instruction": instruction, "image": image, "text": text}
     system = (spec.get("system") or "").format(**fields)
     default_user = "{image}{text}" if spec.get("system") else "{instruction}{image}{text}"
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": spec.get("user", default_user).format(**fields)}
+    user = spec.get("user", default_user).format(**fields)
+    messages = ([{"role": "system", "content": _parts(system, "") if parts else system}] if system else []) + [
+        {"role": "user", "content": _parts(user, image) if parts else user}
     ]
     out = processor.tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=bool(spec.get("generation_prompt", False)),
         chat_template=template,
     )
     return out + spec.get("suffix", "")
+
+
+def _parts(content: str, image: str) -> list[dict]:
+    """Message content as typed parts (SmolVLM's and LLaVA-OneVision's chat templates read no plain strings):
+    the image placeholder becomes an image part, which the template renders its family's way."""
+    pieces = content.split(image) if image else [content]
+    parts = []
+    for i, piece in enumerate(pieces):
+        parts += [{"type": "image"}] if i else []
+        parts += [{"type": "text", "text": piece}] if piece else []
+    return parts or [{"type": "text", "text": ""}]

@@ -2,9 +2,10 @@ r"""Masked image-patch reconstruction (MoCa stage 1).
 
 .. math:: \mathcal{L}_{MAE} = \frac{1}{|M| \cdot D}\sum_{u\in M}\lVert h_\psi(H)_u - x_u \rVert^2
 
-``predictions`` (M, merge**2 * D) are the decoder outputs at the masked units' ``<|image_pad|>``
-positions; each row is unfolded into its merge**2 patches and compared with the original
-(processor-normalised) patch vectors ``targets`` (M * merge**2, D). Mean over all elements.
+``predictions`` (M, merge**2 * D) are the decoder outputs at the masked units' image tokens (the family
+adapter's ``image_unit_mask``); each row is unfolded into its merge**2 patches and compared with the original
+(processor-normalised) patch vectors ``targets`` (M * merge**2, D) from ``adapter.unit_patches``. Mean over
+all elements.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class MAEConfig(ObjectiveSettings):
 
     name: Literal["mae"] = "mae"
     weight: float = 0.5  # MoCa paper 0.5; released script 0.1
-    ratio: float = Field(0.5, gt=0, lt=1)  # share of merged units (one <|image_pad|> token each) masked
+    ratio: float = Field(0.5, gt=0, lt=1)  # share of image units (one image token each) masked
     noise: Literal["per_patch", "shared"] = "per_patch"  # paper: fresh Gaussian per patch; code: one shared
 
 

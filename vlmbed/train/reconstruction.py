@@ -48,12 +48,10 @@ def pretrain_collator(embedder, stage) -> PretrainCollator:
     return PretrainCollator(
         embedder.encoder, mask_token=embedder.tokens["mask"],
         extra_special_tokens=[*a.special_tokens, *embedder.tokens.values()],
-        image_token_id=a.image_token_id(embedder.model),
-        merge=a.merge_size(embedder.processor),
+        image_token_id=a.image_token_id(embedder.model), adapter=a,
         mlm_ratio=mlm.ratio if mlm else 0.0, mae_ratio=mae.ratio if mae else 0.0,
         noise=mae.noise if mae else "per_patch", seed=stage.data.seed,
         max_length=getattr(stage.model, "max_length", None), on_bad_image=stage.data.on_bad_image,
-        image_unit_mask=a.image_unit_mask,
     )
 
 

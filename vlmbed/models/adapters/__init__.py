@@ -6,6 +6,7 @@ A new backbone family is one file here: a :class:`FamilyAdapter` subclass, plus 
 """
 
 from vlmbed.models.adapters.base import CannotSplitError, FamilyAdapter
+from vlmbed.models.adapters.gemma3 import Gemma3Adapter
 from vlmbed.models.adapters.idefics3 import Idefics3Adapter
 from vlmbed.models.adapters.llava_onevision import LlavaOnevisionAdapter
 from vlmbed.models.adapters.qwen2_vl import QwenVLAdapter
@@ -20,6 +21,7 @@ BACKBONES: dict[str, type[FamilyAdapter]] = {
     "idefics3": Idefics3Adapter,  # SmolVLM-256M / 500M / 2B-Instruct
     "smolvlm": Idefics3Adapter,  # SmolVLM2 (its processor needs the num2words package)
     "llava_onevision": LlavaOnevisionAdapter,  # llava-onevision-qwen2-0.5b/7b/72b-ov-hf
+    "gemma3": Gemma3Adapter,  # gemma-3-4b/12b/27b-it
 }
 
 # preset name -> Embedder settings (vlmbed.json fields) of a released embedding model's encoding
@@ -63,6 +65,7 @@ __all__ = [
     "PRESETS",
     "CannotSplitError",
     "FamilyAdapter",
+    "Gemma3Adapter",
     "Idefics3Adapter",
     "LlavaOnevisionAdapter",
     "Qwen3VLAdapter",

@@ -5,9 +5,10 @@ its modules asks the family's adapter, never the processor's or the model's attr
 
 - loading: :meth:`load_model`, :meth:`load_processor`, :meth:`set_pixel_bounds`, :meth:`configure_model`;
 - tokens: ``image_placeholder``, ``eos_token``, ``mark_token``, ``mask_token``, ``special_tokens``,
-  :meth:`image_token_id`;
+  ``chat_parts``, :meth:`image_token_id`;
 - images: :meth:`image_tokens` / :meth:`image_factor` (the cost of an image), :meth:`patch_dim` /
-  :meth:`merge_size` (reconstruction targets), :meth:`image_unit_mask` (which tokens are image units);
+  :meth:`merge_size` (the shape of an image unit), :meth:`image_unit_mask` (which tokens are image units),
+  :meth:`unit_patches` / :meth:`with_unit_patches` (the units' patch vectors: MAE targets and noise);
 - batches: :meth:`media_keys`, :meth:`split_media`, :meth:`concat_media` (GradCache chunks);
 - modules: :meth:`base`, :meth:`language_model`, :meth:`vision_tower`, :meth:`lm_head`,
   :meth:`decoder_layers`, :meth:`rotary_embedding`, :meth:`text_config`, :meth:`set_causal`;
@@ -37,6 +38,7 @@ class FamilyAdapter(ABC):
     mark_token: str = "<|emb|>"  # vlmbed's marked-position token (added when missing)
     mask_token: str = "<|mask|>"  # vlmbed's MLM mask token (added when missing)
     special_tokens: tuple[str, ...] = ()  # structural tokens never masked for reconstruction
+    chat_parts: bool = False  # the chat template reads message contents as typed parts only (no plain strings)
 
     # ------------------------------------------------------------------ loading
     def load_model(self, path, dtype=None, attn_implementation: str | None = None):
@@ -77,20 +79,42 @@ class FamilyAdapter(ABC):
 
     @abstractmethod
     def patch_dim(self, processor) -> int:
-        """Values in one row of ``pixel_values`` (one vision patch), the MAE target width."""
+        """Values in one vision patch vector (the width of :meth:`unit_patches`), the MAE target width."""
 
     @abstractmethod
     def merge_size(self, processor) -> int:
-        """Patches merged per side into one image unit: a unit (one image token) is ``merge**2`` patches,
-        ``merge**2`` consecutive rows of ``pixel_values``."""
+        """Patches merged per side into one image unit: a unit (one image token) is ``merge**2`` patches."""
 
     def image_token_id(self, model) -> int:
         """Id of the token that stands for one image unit in ``input_ids``."""
         return int(model.config.image_token_id)
 
-    def image_unit_mask(self, input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
-        """(B, T) bool: True at the tokens that are image units, in row-major order = unit order."""
+    def image_unit_mask(
+        self, input_ids: torch.Tensor, image_token_id: int, processor=None, inputs: dict | None = None
+    ) -> torch.Tensor:
+        """(B, T) bool: True at the tokens that are image units, in row-major order = unit order.
+
+        ``processor`` / ``inputs`` (the processor's outputs) are for families whose image tokens are not all
+        units (default: every image token is one)."""
         return input_ids == image_token_id
+
+    def unit_patches(self, processor, inputs: dict) -> torch.Tensor:
+        """(U, merge**2, patch_dim): every image unit's patch vectors, units in the order of the image-unit
+        tokens (:meth:`image_unit_mask`), patches in the order the family merges them (the MAE targets).
+
+        Default (Qwen-VL): ``pixel_values`` (P, patch_dim) are flat patch rows, ``merge**2`` consecutive rows
+        one unit."""
+        pixels = inputs["pixel_values"]  # (P, D)
+        per_unit = self.merge_size(processor) ** 2
+        if pixels.shape[0] % per_unit:
+            raise ValueError(f"{pixels.shape[0]} patches are not a multiple of merge**2={per_unit}")
+        return pixels.reshape(-1, per_unit, pixels.shape[-1])  # (U, merge**2, D)
+
+    def with_unit_patches(self, processor, inputs: dict, patches: torch.Tensor) -> dict:
+        """The media inputs to update so that the units' patches are ``patches`` (U, merge**2, patch_dim),
+        the inverse of :meth:`unit_patches` (MAE noise is written before the vision tower). Pixels that belong
+        to no unit stay as they are."""
+        return {"pixel_values": patches.reshape(-1, patches.shape[-1]).to(inputs["pixel_values"].dtype)}
 
     # ------------------------------------------------------------------ batches (GradCache chunks)
     media_keys: tuple[str, ...] = ()  # processor outputs that are not one row per sequence
@@ -156,3 +180,22 @@ class FamilyAdapter(ABC):
     @abstractmethod
     def hidden_states(self, model, inputs: dict, masks: dict, positions: torch.Tensor) -> torch.Tensor:
         """Post-norm last hidden states (B, T, d) with the given per-layer attention ``masks``."""
+
+
+def tile_units(tiles: torch.Tensor, patch: int, scale: int) -> torch.Tensor:
+    """(n, 3, H, W) tiles -> (n * units, scale**2, 3 * patch**2): every ``scale x scale`` square of ``patch``-pixel
+    patches is one unit, units row-major in a tile, patches row-major in a unit, a patch its (3, p, p) pixels
+    (the order of a pixel shuffle or a ``scale x scale`` pooling of a row-major patch grid)."""
+    n, c, h, w = tiles.shape
+    side = patch * scale
+    x = tiles.reshape(n, c, h // side, scale, patch, w // side, scale, patch)
+    x = x.permute(0, 2, 5, 3, 6, 1, 4, 7)  # (n, h1, w1, h2, w2, c, p, p)
+    return x.reshape(-1, scale * scale, c * patch * patch)
+
+
+def units_to_tiles(units: torch.Tensor, shape, patch: int, scale: int) -> torch.Tensor:
+    """Inverse of :func:`tile_units`: (n * units, scale**2, 3 * patch**2) -> (n, 3, H, W)."""
+    c, h, w = shape
+    side = patch * scale
+    x = units.reshape(-1, h // side, w // side, scale, scale, c, patch, patch)
+    return x.permute(0, 5, 1, 3, 6, 2, 4, 7).reshape(-1, c, h, w)

@@ -7,6 +7,7 @@ model drops; ``pixel_attention_mask`` (B, N, H, W) marks real pixels. A tile bec
 ``<fake_token_around_image>``, ``<row_i_col_j>`` and ``<global-img>`` tokens. Positions are plain 1-D (the
 Llama text model's RoPE). Pixel bounds: ``max_pixels`` sets the longest edge images are resized to
 (``size.longest_edge``, a multiple of the tile side); images are always resized to it, so there is no minimum.
+Image units (MAE): one ``<image>`` token is a ``scale x scale`` square of vision patches of its tile.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 
 import torch
 
-from vlmbed.models.adapters.base import FamilyAdapter
+from vlmbed.models.adapters.base import FamilyAdapter, tile_units, units_to_tiles
 
 PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
 
@@ -27,14 +28,12 @@ class Idefics3Adapter(FamilyAdapter):
     image_placeholder = "<image>"
     eos_token = "<end_of_utterance>"
     special_tokens = ("<fake_token_around_image>", "<image>", "<global-img>", eos_token, "<|emb|>")
+    chat_parts = True  # its chat template reads typed content parts only
     media_keys = PIXEL_KEYS
 
     def set_pixel_bounds(self, processor, min_pixels: int | None, max_pixels: int | None) -> None:
-        if min_pixels is not None:
-            raise ValueError(
-                "model.min_pixels: Idefics3 / SmolVLM resize every image to its longest edge (there is "
-                "no minimum); set model.min_pixels=null and bound images with model.max_pixels"
-            )
+        """``max_pixels`` sets the longest edge; ``min_pixels`` has nothing to set (images are always resized up
+        to that edge), so a recipe's bounds written for another family apply as far as they can."""
         if max_pixels is None:
             return
         ip = processor.image_processor
@@ -50,14 +49,42 @@ class Idefics3Adapter(FamilyAdapter):
     def image_factor(self, processor) -> int:
         return int(processor.image_processor.max_image_size["longest_edge"])
 
+    def configure_model(self, model, processor) -> None:
+        """Remember the vision patch side: a unit's patches are the model's, which the processor does not know."""
+        self.patch_size = int(model.config.vision_config.patch_size)
+
     def patch_dim(self, processor) -> int:
-        raise ValueError(
-            "mae (masked image units) needs images as flat patch rows (the Qwen-VL layout); Idefics3 / "
-            "SmolVLM keep images as tiles. Drop the mae objective for this family (mlm works)."
-        )
+        """3 channels x patch_size**2: a patch vector is its (3, p, p) pixels flattened."""
+        return 3 * self._patch() ** 2
 
     def merge_size(self, processor) -> int:
-        return self.patch_dim(processor)
+        """The pixel shuffle's scale factor: a tile's ``image_seq_len`` tokens are squares of its patches."""
+        tile = int(processor.image_processor.max_image_size["longest_edge"])
+        return tile // math.isqrt(int(processor.image_seq_len)) // self._patch()
+
+    def unit_patches(self, processor, inputs: dict) -> torch.Tensor:
+        """Real tiles of every row in order (each image's grid tiles, then its global view), each tile's
+        units row-major and a unit's ``scale**2`` patches row-major, as the connector's pixel shuffle."""
+        pixels = inputs["pixel_values"]  # (B, N, 3, H, W)
+        real = _real_tile_mask(pixels)  # (B, N)
+        return tile_units(pixels[real], self._patch(), self.merge_size(processor))
+
+    def with_unit_patches(self, processor, inputs: dict, patches: torch.Tensor) -> dict:
+        pixels = inputs["pixel_values"]
+        real = _real_tile_mask(pixels)
+        out = pixels.clone()
+        out[real] = units_to_tiles(
+            patches.to(pixels.dtype), pixels.shape[-3:], self._patch(), self.merge_size(processor)
+        )
+        return {"pixel_values": out}
+
+    def _patch(self) -> int:
+        if not hasattr(self, "patch_size"):
+            raise ValueError(
+                "Idefics3Adapter.configure_model(model, processor) must run before image units are "
+                "read (Embedder does it when it loads)"
+            )
+        return self.patch_size
 
     # ------------------------------------------------------------------ modules
     def language_model(self, model):
@@ -113,11 +140,16 @@ class Idefics3Adapter(FamilyAdapter):
         return out.last_hidden_state
 
 
+def _real_tile_mask(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, N) bool: the tiles that are not all-zero padding (the model drops those)."""
+    return (pixels.flatten(2) != 0).any(dim=-1)
+
+
 def _real_tiles(pixels: torch.Tensor | None) -> torch.Tensor:
     """Real (not all-zero padding) tiles per row (B,), as the model counts them."""
     if pixels is None:
         return torch.zeros(0, dtype=torch.long)
-    return (pixels.flatten(2) != 0).any(dim=-1).sum(dim=1)
+    return _real_tile_mask(pixels).sum(dim=1)
 
 
 def _pad(x: torch.Tensor, shape: list[int]) -> torch.Tensor:
