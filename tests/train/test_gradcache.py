@@ -99,8 +99,9 @@ def test_chunks_of_length_sorted_rows_keep_the_full_batch_gradients(f32_embedder
 
 
 def test_plain_step_of_mixed_lengths_runs_length_sorted_forwards(f32_embedder, monkeypatch):
-    """full_batch_step splits a role of very mixed lengths into length-sorted forwards, and its loss and
-    gradients equal one forward per role (the embeddings go back in row order)."""
+    """full_batch_step runs rows of very mixed lengths as length-sorted forwards (the roles' rows joined: the
+    training encoder treats every role alike), and its loss and gradients equal one forward per role (the
+    embeddings go back to their roles and rows)."""
     import dataclasses
 
     from vlmbed.train.chunks import length_split_count
@@ -119,10 +120,13 @@ def test_plain_step_of_mixed_lengths_runs_length_sorted_forwards(f32_embedder, m
     one_grads = _grads(f32_embedder)
     calls = []
     forward = type(f32_embedder).forward
-    monkeypatch.setattr(type(f32_embedder), "forward", lambda self, inputs, **kw: calls.append(1) or
-                        forward(self, inputs, **kw))
+    monkeypatch.setattr(type(f32_embedder), "forward", lambda self, inputs, **kw: calls.append(
+        inputs["attention_mask"].sum(dim=1).tolist()) or forward(self, inputs, **kw))
     parts, grads = _run(f32_embedder, batch, objectives, None)
-    assert len(calls) > 2 and abs(float(parts["loss"]) - float(one)) < 1e-5
+    assert len(calls) > 1 and sum(map(len, calls)) == 2 * len(long)  # every row of both roles, once
+    padded = sum(len(c) * max(c) for c in calls)
+    assert padded < 2 * len(long) * max(max(c) for c in calls)  # fewer token slots than one joined forward
+    assert abs(float(parts["loss"]) - float(one)) < 1e-5
     _assert_same(one_grads, grads)
 
 

@@ -49,6 +49,24 @@ def split_by_sizes(inputs: dict, sizes: list[int], image_token_id: int | None = 
     return [_trim({**_rows(inputs, a, b, skip), **m}) for (a, b), m in zip(bounds, media, strict=True)]
 
 
+def join_roles(inputs_by_role: dict, adapter: FamilyAdapter | None = None) -> tuple[dict, dict[str, slice]] | None:
+    """Every role's rows in one input dict (roles in order) and each role's row span, for an encoder that treats
+    all roles alike; None where a role's forward returns something else (marked positions, attention blocks)
+    or no role has rows."""
+    present = {r: v for r, v in inputs_by_role.items() if v is not None and num_rows(v)}
+    if not present or any(k in v for v in present.values() for k in ("positions", "segment_ids")):
+        return None
+    spans, start = {}, 0
+    for role, v in present.items():
+        spans[role] = slice(start, start + num_rows(v))
+        start += num_rows(v)
+    parts = list(present.values())
+    while len(parts) > 1:
+        parts = [concat_rows(parts[i], parts[i + 1], adapter) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0], spans
+
+
 def take_rows(inputs: dict, groups: list[list[int]], image_token_id: int | None = None,
               adapter: FamilyAdapter | None = None) -> list[dict]:
     """The inputs of each group of rows, rows in the group's order (images go with their rows)."""

@@ -47,6 +47,7 @@ from vlmbed.train.chunks import (
     concat_rows,
     first_row,
     has_media,
+    join_roles,
     length_groups,
     length_split_count,
     num_rows,
@@ -55,6 +56,7 @@ from vlmbed.train.chunks import (
 )
 
 Encode = Callable[[str, dict], torch.Tensor]  # (role, inputs) -> embeddings (n, d) or (n, k, d)
+JOINED = "rows"  # the one "role" of a step whose encoder treats every role alike (``encode.role_free``)
 LossFn = Callable[[dict], dict]  # {role: embeddings} -> {"loss": scalar, part: scalar, ...}
 Backward = Callable[[torch.Tensor, bool], None]  # (surrogate loss, is last backward of the step)
 
@@ -165,12 +167,13 @@ class GradCache:
     def step(self, encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backward: Backward,
              sync: SyncContext = _no_context) -> StepOutput:
         """One optimisation step's forward and backward; gradients accumulate in the parameters."""
+        inputs_by_role, spans = joined_rows(encode, inputs_by_role, self.adapter)
         chunks = self.chunks(inputs_by_role)
         merged = bool(self.chunk_size and self.embed_chunk_size and self.embed_chunk_size > self.chunk_size)
         first = plan_chunks(inputs_by_role, None, self.image_stand_in, self.image_token_id, self.adapter,
                             counts=forward_counts(inputs_by_role, self.embed_chunk_size)) if merged else chunks
         reps, states = self.embed(encode, first)
-        parts = loss_fn(reps)
+        parts = loss_fn(by_role(reps, spans))
         loss = parts["loss"]
         if not finite_everywhere(loss):
             return StepOutput({k: v.detach() for k, v in parts.items()}, finite=False)
@@ -250,12 +253,14 @@ def full_batch_step(encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backw
                     image_token_id: int | None = None) -> StepOutput:
     """The same contract without GradCache: every forward with a graph, one backward.
 
-    With ``image_token_id`` (which rows own which images, for families that need it to cut a batch), a role
-    of mixed lengths runs as a few forwards of length-sorted rows when that pads notably fewer token slots
+    An encoder that treats every role alike (``encode.role_free``) gets every role's rows as one batch. With
+    ``image_token_id`` (which rows own which images, for families that need it to cut a batch), rows of mixed
+    lengths run as a few forwards of length-sorted rows when that pads notably fewer token slots
     (:func:`~vlmbed.train.chunks.length_split_count`; the count agreed on by every process); the embeddings
     are put back in row order, so the loss and gradients are the one-forward ones. Without it, one forward
     per role.
     """
+    inputs_by_role, spans = joined_rows(encode, inputs_by_role, adapter)
     counts = forward_counts(inputs_by_role, None) if image_token_id is not None else None
     chunks = plan_chunks(inputs_by_role, None, image_stand_in, image_token_id, adapter=adapter, counts=counts)
     with sync(True):
@@ -271,13 +276,25 @@ def full_batch_step(encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backw
             if outs:
                 rows = torch.cat(outs, dim=0)
                 reps[role] = rows if order == sorted(order) else rows[torch.argsort(torch.tensor(order))]
-        parts = loss_fn(reps)
+        parts = loss_fn(by_role(reps, spans))
         extra = [x for x in idle if x is not None]
         loss = parts["loss"] + sum(extra) if extra else parts["loss"]
         if not finite_everywhere(loss):
             return StepOutput({k: v.detach() for k, v in parts.items()}, finite=False)
         backward(loss, True)
     return StepOutput({k: v.detach() for k, v in parts.items()}, finite=True)
+
+
+def joined_rows(encode: Encode, inputs_by_role: dict, adapter=None) -> tuple[dict, dict | None]:
+    """``({JOINED: every role's rows}, row span per role)`` for an encoder that treats every role alike
+    (``encode.role_free``) where the roles can be joined; else the inputs as they are and None."""
+    joined = join_roles(inputs_by_role, adapter) if getattr(encode, "role_free", False) else None
+    return ({JOINED: joined[0]}, joined[1]) if joined is not None else (inputs_by_role, None)
+
+
+def by_role(reps: dict, spans: dict | None) -> dict:
+    """Embeddings per role: the joined rows cut back into the roles' spans (views: gradients reach the rows)."""
+    return {role: reps[JOINED][span] for role, span in spans.items()} if spans is not None else reps
 
 
 def forward_counts(inputs_by_role: dict, rows_per_forward: int | None) -> dict[str, int]:

@@ -111,6 +111,7 @@ def encoder_fn(model):
         positions = inputs.pop("positions", None)
         return model(inputs, positions=positions).embeddings
 
+    encode.role_free = True  # every role is encoded alike: a step may join the roles' rows into one batch
     return encode
 
 
