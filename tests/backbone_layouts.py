@@ -585,7 +585,7 @@ BUILDERS = {
     "llava_onevision": build_llava_onevision,
 }
 # families whose folders run every shipped recipe (real_layout.FAMILIES)
-RECIPE_FAMILIES = ("qwen3_vl", "idefics3", "llava_onevision")
+RECIPE_FAMILIES = ("qwen3_vl", "idefics3", "llava_onevision", "gemma3")
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from backbone_layouts import BUILDERS, LAYOUTS, RECIPE_FAMILIES
+from backbone_layouts import BUILDERS, LAYOUTS
 from PIL import Image
 
 from vlmbed.types import Item
@@ -204,26 +204,6 @@ def test_gradcache_equals_the_full_batch(folders, family):
     for name in full:
         scale = max(1.0, float(full[name].abs().max()))
         assert float((full[name] - gc[name]).abs().max()) <= 1e-5 * scale, name
-
-
-# ----------------------------------------------------------------------------- recipes on the families not in
-# real_layout.FAMILIES (those run every shipped recipe in tests/test_real_layout.py)
-
-
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in RECIPE_FAMILIES])
-def test_contrastive_recipe_trains_saves_and_reloads(folders, family, tmp_path):
-    from test_real_layout import probe_items, recipe_overrides, write_data
-
-    from vlmbed.config import load_recipe
-    from vlmbed.train.stages import run_recipe
-
-    data = write_data(tmp_path / "data")
-    [run] = run_recipe(
-        load_recipe("quickstart", recipe_overrides("quickstart", folders(family), data, tmp_path / "run"))
-    )
-    assert run.result.steps == 2 and np.isfinite(run.result.final_loss)
-    emb = load(run.result.model_dir).encode(probe_items(data["imgs"]))
-    assert emb.shape[0] == 3 and np.isfinite(emb).all()
 
 
 # ----------------------------------------------------------------------------- family specifics

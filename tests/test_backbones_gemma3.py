@@ -2,8 +2,9 @@
 
 Causal mode is the stock model's attention (sliding-window layers, each image's tokens bidirectional);
 bidirectional mode gives sliding layers the symmetric window |q - kv| < w, never the full or a causal mask;
-pixel bounds and pan-and-scan are refused with errors naming the fix. The generic per-family tests (round
-trip, attention modes, poolings, batch invariance, GradCache, the contrastive recipe) run in test_backbones.py.
+pixel bounds are ignored (fixed-size images) and pan-and-scan is refused with an error naming the fix. The
+generic per-family tests (round trip, attention modes, poolings, batch invariance, GradCache) run in
+test_backbones.py, every shipped recipe in tests/test_*real_layout.py.
 """
 
 from __future__ import annotations
@@ -133,9 +134,15 @@ def test_bidirectional_sliding_layers_see_within_the_window_only(folder, tmp_pat
     assert (first_token(9) - base).abs().max() < 1e-6, "a token past every window was seen"
 
 
-def test_pixel_bounds_and_pan_and_scan_are_refused(folder, tmp_path):
-    with pytest.raises(ValueError, match="resizes every image to 32 x 32"):
-        load(folder, max_pixels=64 * 64)
+def test_pixel_bounds_are_ignored_and_pan_and_scan_refused(folder, tmp_path):
+    """Every image is resized to the fixed 32 x 32 input: a recipe's bounds change nothing."""
+    image = [Item(image=Image.new("RGB", (64, 48), (200, 30, 90)))]
+    bounded = load(folder, min_pixels=3136, max_pixels=12544)
+    assert bounded.processor.image_processor.size == {"height": 32, "width": 32}
+    assert torch.equal(
+        bounded.tokenize(image, "query")["pixel_values"],
+        load(folder).tokenize(image, "query")["pixel_values"],
+    )
     pan = tmp_path / "pan_and_scan"
     shutil.copytree(folder, pan)
     pre = json.loads((pan / "preprocessor_config.json").read_text())

@@ -4,7 +4,8 @@
 model turns into that token. Checked through the model's own code: its vision encoder is replaced by one
 that returns each patch's raw pixels (``F.unfold``, independent of the adapter) and its projector by the
 identity, so ``get_image_features`` returns, per image token, the patches it was built from (Idefics3: the
-pixel shuffle's ``scale**2`` patches; LLaVA-OneVision: one patch after unpadding, or the newline vector).
+pixel shuffle's ``scale**2`` patches; LLaVA-OneVision: one patch after unpadding, or the newline vector;
+Gemma 3: its projector's ``k x k`` pooling windows, kept whole instead of averaged, so their order shows too).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import torch.nn.functional as F
 from backbone_layouts import BUILDERS
 from PIL import Image
 from torch import nn
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlmbed.models.adapters import adapter_for
 
-FAMILIES = ("idefics3", "llava_onevision")
+FAMILIES = ("idefics3", "llava_onevision", "gemma3")
 SIZES = ((40, 32), (32, 48), (64, 64), (24, 24))  # wide, tall, square, small (width, height)
 NEWLINE = -7.0
 
@@ -33,8 +34,8 @@ def folders(tmp_path_factory):
 
 def setup(folder, family):
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(folder)
     adapter = adapter_for(family)
+    processor = adapter.load_processor(folder)  # Gemma 3's takes vlmbed's flat image list
     adapter.configure_model(model, processor)
     return model, processor, adapter
 
@@ -65,6 +66,15 @@ def raw_patch_features(model, family):
             last_hidden_state=patch_pixels(pixel_values, patch)
         )
         base.connector.modality_projection = nn.Identity()
+    elif family == "gemma3":
+        patch = model.config.vision_config.patch_size
+        base.vision_tower.forward = lambda pixel_values, **_: BaseModelOutputWithPooling(
+            last_hidden_state=patch_pixels(pixel_values, patch)
+        )
+        proj = base.multi_modal_projector
+        proj.avg_pool = nn.PixelUnshuffle(proj.kernel_size)  # each pooling window's patches, not their mean
+        proj.mm_soft_emb_norm = nn.Identity()
+        proj.mm_input_projection_weight = nn.Parameter(torch.eye(3 * patch**2 * proj.kernel_size**2))
     else:
         patch = model.config.vision_config.patch_size
 
@@ -79,10 +89,18 @@ def raw_patch_features(model, family):
 
 def token_features(model, family, enc) -> torch.Tensor:
     """What the model writes at each image token, in sequence order: (image tokens, features)."""
-    keys = ("pixel_values", "pixel_attention_mask") if family == "idefics3" else ("pixel_values", "image_sizes")
+    keys = {"idefics3": ("pixel_values", "pixel_attention_mask"), "gemma3": ("pixel_values",)}
     with torch.no_grad():
-        out = model.model.get_image_features(**{k: enc[k] for k in keys})
-    return torch.cat([f.reshape(-1, f.shape[-1]) for f in out.pooler_output])
+        out = model.model.get_image_features(
+            **{k: enc[k] for k in keys.get(family, ("pixel_values", "image_sizes"))}
+        )
+    features = torch.cat([f.reshape(-1, f.shape[-1]) for f in out.pooler_output])
+    if (
+        family == "gemma3"
+    ):  # PixelUnshuffle's channels are (feature, window position): make them (position, feature)
+        window = model.model.multi_modal_projector.kernel_size**2
+        features = features.reshape(features.shape[0], -1, window).transpose(1, 2).flatten(1)
+    return features
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -103,6 +121,8 @@ def test_unit_patches_are_the_pixels_of_each_image_token(folders, family):
     assert (features[~is_unit] == NEWLINE).all()  # LLaVA-OneVision's newline tokens are not units
     if family == "llava_onevision":
         assert int((~is_unit).sum()) > 0 and merge == 1
+    elif family == "gemma3":
+        assert bool(is_unit.all()) and merge == model.model.multi_modal_projector.kernel_size > 1
     else:
         assert bool(is_unit.all()) and merge == model.config.scale_factor
 
@@ -118,7 +138,8 @@ def test_with_unit_patches_writes_exactly_the_units_patches(folders, family):
     assert torch.equal(adapter.unit_patches(processor, {**enc, "pixel_values": written}), noise)
     # nothing else moved: the changed patches are exactly the units' (padding tiles, unpadded-away patches kept)
     side = int(adapter.patch_dim(processor) // 3) ** 0.5
-    changed = patch_pixels((written != enc["pixel_values"]).flatten(0, 1).float(), int(side)).any(-1)
+    diff = (written != enc["pixel_values"]).float()
+    changed = patch_pixels(diff.reshape(-1, *diff.shape[-3:]), int(side)).any(-1)
     assert int(changed.sum()) == units.shape[0] * units.shape[1]
 
 

@@ -125,3 +125,35 @@ def test_family_adapter_answers_image_layout_questions(embedder):
     units = int(a.image_unit_mask(enc["input_ids"], a.image_token_id(embedder.model)).sum())
     assert units == a.image_tokens(proc, 90, 61) == enc["pixel_values"].shape[0] // a.merge_size(proc) ** 2
     assert a.image_factor(proc) == proc.image_processor.patch_size * a.merge_size(proc)
+
+
+@pytest.fixture(scope="module")
+def gemma3_dir(tmp_path_factory):
+    """Gemma 3's real-layout folder: its tokenizer adds ``<bos>`` and its chat template writes one itself."""
+    from backbone_layouts import BUILDERS
+
+    return BUILDERS["gemma3"](tmp_path_factory.mktemp("gemma3") / "gemma3")
+
+
+def test_max_length_counts_the_bos_the_tokenizer_adds(gemma3_dir):
+    emb = Embedder.from_pretrained(gemma3_dir, max_length=16, max_text_tokens=None)
+    long_text = " ".join(["seven"] * 100)
+    image = Image.new("RGB", (32, 32))
+    enc = emb.tokenize([Item(text=long_text), Item(text=long_text, image=image)], "query")
+    bos = emb.processor.tokenizer.bos_token_id
+    assert enc["attention_mask"].sum(1).tolist() == [16, 16]
+    assert (enc["input_ids"][:, 0] == bos).all() and ((enc["input_ids"] == bos).sum(1) == 1).all()
+
+
+def test_chat_format_has_one_bos_as_transformers_apply_chat_template(gemma3_dir):
+    """The chat template writes ``<bos>``: the tokenizer must not add a second (transformers' processor
+    ``apply_chat_template(tokenize=True)`` gives the reference ids); plain templates keep the added one."""
+    emb = Embedder.from_pretrained(gemma3_dir, chat={"query": {}}, append_eos=False)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "a seven"}]}]
+    ref = emb.processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")
+    got = emb.tokenize([Item(text="a seven")], "query")["input_ids"]
+    assert torch.equal(got, ref["input_ids"])
+    bos = emb.processor.tokenizer.bos_token_id
+    assert int((got == bos).sum()) == 1
+    plain = emb.tokenize([Item(text="a seven")], "document")["input_ids"][0]
+    assert int(plain[0]) == bos and int((plain == bos).sum()) == 1

@@ -37,8 +37,9 @@ class PatchDecoder(nn.Module):
         self.proj = nn.Linear(d, merge * merge * patch_dim)
         nn.init.normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
-        # the backbone's rotary table, referenced (not registered: it is the backbone's module)
-        object.__setattr__(self, "_rotary", embedder.adapter.rotary_embedding(embedder.model))
+        # the copied layer's rotary table, referenced (not registered: it is the backbone's module)
+        rotary = embedder.adapter.rotary_embedding(embedder.model, self.layer)
+        object.__setattr__(self, "_rotary", rotary)
 
     def forward(self, out, image_token_mask: torch.Tensor, unit_mask: torch.Tensor) -> torch.Tensor:
         """Predictions (M, merge**2 * patch_dim) for the masked units.

@@ -59,7 +59,9 @@ class ItemEncoder:
         return out + (self.append_eos or "")
 
     def _count(self, text: str) -> int:
-        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """Tokens of ``text`` as the processor call makes them (with the BOS the tokenizer adds, if any)."""
+        specials = _adds_specials(self.processor, [text])
+        return len(self.processor.tokenizer(text, add_special_tokens=specials)["input_ids"])
 
     def _text_budget(self, item: Item, role: str, image_tokens: int) -> int | None:
         """Text tokens the item may keep: ``max_text_tokens``, and what ``max_length`` leaves after the
@@ -89,7 +91,8 @@ class ItemEncoder:
         sizes = iter(images)
         texts = [self.format(item, role, self._image_tokens(next(sizes)) if item.has_image else 0) for item in items]
         enc = self.processor(
-            text=texts, images=images or None, padding=True, return_tensors="pt", padding_side="right"
+            text=texts, images=images or None, padding=True, return_tensors="pt", padding_side="right",
+            add_special_tokens=_adds_specials(self.processor, texts),
         )
         return dict(enc)
 
@@ -97,6 +100,13 @@ class ItemEncoder:
         if not self.max_length or self.image_tokens is None:
             return 0
         return int(self.image_tokens(*image.size))
+
+
+def _adds_specials(processor, texts: list[str]) -> bool:
+    """Whether the tokenizer adds its special tokens (Gemma's BOS) to ``texts``: not when they already start
+    with its BOS (a chat template wrote it), as transformers' processor ``apply_chat_template`` decides."""
+    bos = processor.tokenizer.bos_token
+    return not (bos and all(t.startswith(bos) for t in texts))
 
 
 def render_chat(processor, spec: dict, instruction: str, image: str, text: str, parts: bool = False) -> str:

@@ -156,8 +156,9 @@ class FamilyAdapter(ABC):
     def decoder_layers(self, model):
         return self.language_model(model).layers
 
-    def rotary_embedding(self, model):
-        """The language model's rotary module: ``rotary(hidden, position_ids) -> (cos, sin)``."""
+    def rotary_embedding(self, model, layer=None):
+        """The rotary table ``layer`` (a decoder layer; None: any) reads: ``rotary(hidden, position_ids) ->
+        (cos, sin)``. Default: the language model's one module, shared by every layer."""
         return self.language_model(model).rotary_emb
 
     def text_config(self, model):

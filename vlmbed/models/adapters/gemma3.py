@@ -5,8 +5,8 @@ released): ``pixel_values`` (n_images, 3, S, S), one entry per image, in row ord
 each ``<start_of_image>`` into ``\\n\\n<start_of_image>``, ``mm_tokens_per_image`` ``<image_soft_token>``
 tokens and ``<end_of_image>\\n\\n``, and marks the soft tokens in ``token_type_ids``. An image's
 ``(S / patch)**2`` SigLIP patch features are average-pooled ``k x k`` (``k = S / patch / sqrt(tokens)``)
-into its soft tokens, row-major. Pan-and-scan crops (``do_pan_and_scan``, off as released) are refused.
-Positions are plain 1-D.
+into its soft tokens, row-major: an image unit (MAE) is one soft token's ``k x k`` patches. Pan-and-scan
+crops (``do_pan_and_scan``, off as released) are refused. Positions are plain 1-D.
 
 Attention: the text model alternates sliding-window and full layers (``layer_types``); the masks of
 :mod:`vlmbed.models.attention` are per layer type. In causal mode the stock model also lets each image's
@@ -16,11 +16,12 @@ masks with the stock function then, so causal mode is exactly the stock model's 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
-from vlmbed.models.adapters.base import CannotSplitError, FamilyAdapter
+from vlmbed.models.adapters.base import CannotSplitError, FamilyAdapter, tile_units, units_to_tiles
 
 PIXEL_KEYS = ("pixel_values",)  # one (3, S, S) entry per image
 
@@ -48,17 +49,12 @@ class Gemma3Adapter(FamilyAdapter):
         return processor
 
     def set_pixel_bounds(self, processor, min_pixels: int | None, max_pixels: int | None) -> None:
-        ip = processor.image_processor
-        if getattr(ip, "do_pan_and_scan", None):
+        """Nothing to set: every image is resized to the SigLIP encoder's fixed ``S x S`` input, so a recipe's
+        bounds (written for the Qwen-VL families) do not apply. Pan-and-scan crops are refused."""
+        if getattr(processor.image_processor, "do_pan_and_scan", None):
             raise ValueError(
                 "Gemma 3 pan-and-scan (do_pan_and_scan) adds a varying number of crops per image, which vlmbed "
                 "does not count; set do_pan_and_scan to false (null) in preprocessor_config.json"
-            )
-        if min_pixels is not None or max_pixels is not None:
-            side = ip.size["height"]
-            raise ValueError(
-                f"model.min_pixels / model.max_pixels: Gemma 3 resizes every image to {side} x {side} (its "
-                "SigLIP encoder's fixed input), so there are no bounds to set; set both to null"
             )
 
     # ------------------------------------------------------------------ images
@@ -72,19 +68,48 @@ class Gemma3Adapter(FamilyAdapter):
         side = int(processor.image_processor.size["height"])
         return side // math.isqrt(int(processor.image_seq_length))
 
+    def configure_model(self, model, processor) -> None:
+        """Remember the SigLIP patch side (a unit's patches are the model's; the processor lacks it)."""
+        self.patch_size = int(model.config.vision_config.patch_size)
+
     def patch_dim(self, processor) -> int:
-        raise ValueError(
-            "mae (masked image units) needs images as flat patch rows (the Qwen-VL layout); Gemma 3 keeps each "
-            "image as one fixed-size picture pooled into soft tokens. Drop the mae objective for this family "
-            "(mlm works)."
-        )
+        """3 channels x patch_size**2: a patch vector is its (3, p, p) pixels flattened."""
+        return 3 * self._patch() ** 2
 
     def merge_size(self, processor) -> int:
-        return self.patch_dim(processor)
+        """The projector's average-pool kernel: ``(S / patch) / sqrt(soft tokens)`` patches per side."""
+        side = int(processor.image_processor.size["height"])
+        return side // self._patch() // math.isqrt(int(processor.image_seq_length))
+
+    def unit_patches(self, processor, inputs: dict) -> torch.Tensor:
+        """Each image's soft tokens row-major, a token's ``k x k`` pooled patches row-major (the start /
+        end of image tokens are not units)."""
+        return tile_units(inputs["pixel_values"], self._patch(), self.merge_size(processor))
+
+    def with_unit_patches(self, processor, inputs: dict, patches: torch.Tensor) -> dict:
+        pixels = inputs["pixel_values"]  # (n_images, 3, S, S): every pixel belongs to a unit
+        tiles = units_to_tiles(
+            patches.to(pixels.dtype), pixels.shape[-3:], self._patch(), self.merge_size(processor)
+        )
+        return {"pixel_values": tiles}
+
+    def _patch(self) -> int:
+        if not hasattr(self, "patch_size"):
+            raise ValueError(
+                "Gemma3Adapter.configure_model(model, processor) must run before image units are read "
+                "(Embedder does it when it loads)"
+            )
+        return self.patch_size
 
     # ------------------------------------------------------------------ modules
     def vision_tower(self, model):
         return self.base(model).vision_tower
+
+    def rotary_embedding(self, model, layer=None):
+        """Sliding and full layers have their own rotary tables (rope type, theta): the one of ``layer``'s
+        type (None: the full layers')."""
+        layer_type = layer.self_attn.layer_type if layer is not None else "full_attention"
+        return functools.partial(self.language_model(model).rotary_emb, layer_type=layer_type)
 
     # ------------------------------------------------------------------ batches (GradCache chunks)
     def split_media(

@@ -107,15 +107,21 @@ class Idefics3Adapter(FamilyAdapter):
         return out
 
     def concat_media(self, a: dict, b: dict) -> dict:
+        """Tiles are per row: a side without images (text-only rows) gets all-zero padding tiles."""
         parts = [x for x in (a, b) if x.get("pixel_values") is not None]
         if not parts:
             return {}
         shape = [max(x["pixel_values"].shape[d] for x in parts) for d in range(1, 5)]  # N, 3, H, W
-        out = {"pixel_values": torch.cat([_pad(x["pixel_values"], shape) for x in parts], dim=0)}
+        like = parts[0]["pixel_values"]
+        pixels = [_pad(x["pixel_values"], shape) if x.get("pixel_values") is not None
+                  else like.new_zeros((x["input_ids"].shape[0], *shape)) for x in (a, b)]
+        out = {"pixel_values": torch.cat(pixels, dim=0)}
         if all(x.get("pixel_attention_mask") is not None for x in parts):
-            out["pixel_attention_mask"] = torch.cat(
-                [_pad(x["pixel_attention_mask"], [shape[0], *shape[2:]]) for x in parts], dim=0
-            )
+            mask_shape = [shape[0], *shape[2:]]
+            masks = [_pad(x["pixel_attention_mask"], mask_shape) if x.get("pixel_values") is not None
+                     else parts[0]["pixel_attention_mask"].new_zeros((x["input_ids"].shape[0], *mask_shape))
+                     for x in (a, b)]
+            out["pixel_attention_mask"] = torch.cat(masks, dim=0)
         return out
 
     # ------------------------------------------------------------------ forward
