@@ -17,7 +17,9 @@ rendered by a chat template that produces exactly vlmbed's tokens; ``min_cosine`
 workloads) checks it. Prints one JSON line: per size ``items_per_s_vlmbed`` / ``items_per_s_st`` per
 workload, ``ratio_fixed`` / ``ratio_mmeb`` (vlmbed items/s over sentence-transformers'), ``min_cosine``,
 ``matmul_gflops`` (the machine's fp32 1024^3 matmul) and ``mfu_fixed_*`` (model FLOPs of the fixed work per
-second over that throughput); at top level the same ratios of the largest size.
+second over that throughput); at top level the same ratios of the largest size. ``--compile`` adds a third
+arm, vlmbed after :meth:`~vlmbed.models.embedder.Embedder.compile` (compiled during the warm-up):
+``compile_speedup_*`` (eager time over compiled) and ``min_cosine_compiled`` (compiled vs eager vectors).
 """
 
 from __future__ import annotations
@@ -130,8 +132,10 @@ def run_size(size: str, root: Path, args, peak: float) -> dict:
     queries, cands = mmeb_work(root, rng, args.queries, args.pool, args.per_query, side * 2)
     bs = args.batch_size
 
-    def ours(items, role):
-        return embedder.encode(items, role=role, batch_size=bs)
+    compiled = Embedder.from_pretrained(folder, attn_implementation="sdpa").compile() if args.compile else None
+
+    def ours(items, role, model=embedder):
+        return model.encode(items, role=role, batch_size=bs)
 
     def theirs(items):
         """Text-only and image inputs in separate calls: a batch mixing both gives sentence-transformers 6.2
@@ -148,19 +152,30 @@ def run_size(size: str, root: Path, args, peak: float) -> dict:
         "mmeb": ({"vlmbed": lambda: (ours(queries, "query"), ours(cands, "document")),
                   "st": lambda: (theirs(queries), theirs(cands))}, len(queries) + len(cands)),
     }
+    if compiled is not None:  # --compile: Embedder.compile() as a third arm (compiled in the warm-up)
+        runs["fixed"][0]["vlmbed_compiled"] = lambda: ours(fixed, "document", compiled)
+        runs["mmeb"][0]["vlmbed_compiled"] = lambda: (ours(queries, "query", compiled),
+                                                      ours(cands, "document", compiled))
     out: dict = {}
     for name, (arms, n) in runs.items():
-        for arm in arms.values():  # warm-up (allocator, thread pools)
+        for arm in arms.values():  # warm-up (allocator, thread pools; compilation)
             arm()
         times = interleaved(arms, args.repeats)
         for arm, ts in times.items():
             out[f"items_per_s_{arm}_{name}"] = round(n / statistics.median(ts), 2)
         out[f"ratio_{name}"] = round(statistics.median(times["st"]) / statistics.median(times["vlmbed"]), 3)
+        if compiled is not None:
+            out[f"compile_speedup_{name}"] = round(statistics.median(times["vlmbed"])
+                                                   / statistics.median(times["vlmbed_compiled"]), 3)
         out[f"seconds_{name}"] = {arm: [round(t, 3) for t in ts] for arm, ts in times.items()}
     every = fixed + queries + cands
     a = np.concatenate([ours(fixed, "document"), ours(queries, "query"), ours(cands, "document")])
     b = np.concatenate([theirs(fixed), theirs(queries), theirs(cands)])
     out["min_cosine"] = round(float((a * b).sum(1).min()), 6)
+    if compiled is not None:
+        c = np.concatenate([ours(fixed, "document", compiled), ours(queries, "query", compiled),
+                            ours(cands, "document", compiled)])
+        out["min_cosine_compiled"] = round(float((a * c).sum(1).min()), 6)
     out["rows_compared"] = len(every)
     flops = fixed_flops(embedder.model, embedder, fixed)
     for arm in ("vlmbed", "st"):
@@ -183,6 +198,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=48)
     ap.add_argument("--pool", type=int, default=96)
     ap.add_argument("--per-query", type=int, default=16)
+    ap.add_argument("--compile", action="store_true", help="also time Embedder.compile() (regional torch.compile)")
     args = ap.parse_args()
     torch.manual_seed(0)
     peak = matmul_flops()

@@ -115,3 +115,22 @@ def test_encode_restores_training_mode_and_returns_input_order(embedder):
     assert torch.equal(out[1], out[3])
     one = embedder.encode("one two")
     np.testing.assert_allclose(out[2].numpy(), one, atol=1e-5)
+
+
+@pytest.mark.skipif(__import__("shutil").which("g++") is None and __import__("shutil").which("c++") is None,
+                    reason="torch.compile on CPU (inductor) needs a C++ compiler")
+def test_compiled_layers_give_the_eager_vectors(tiny_model_dir):
+    """Embedder.compile(): every decoder layer compiled (regional), vectors of a mixed text / image call of
+    several batch lengths equal the eager ones."""
+    from vlmbed.models.embedder import Embedder
+
+    eager = Embedder.from_pretrained(tiny_model_dir, dtype=torch.float32, pooling="mean", attention="bidirectional")
+    compiled = Embedder.from_pretrained(tiny_model_dir, dtype=torch.float32, pooling="mean",
+                                        attention="bidirectional").compile()
+    layers = compiled.adapter.decoder_layers(compiled.model)
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    items = [Item(text="a red three " * (i % 4 + 1)) for i in range(6)] + [Item(image=_image(i), text="x")
+                                                                         for i in range(3)]
+    a, b = eager.encode(items, batch_size=4), compiled.encode(items, batch_size=4)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99999

@@ -163,6 +163,16 @@ class Embedder(nn.Module):
         processor = adapter.load_processor(path)
         return cls(model, processor, EmbedderSettings(**settings))
 
+    def compile(self, **kwargs) -> Embedder:
+        """Compile every decoder layer of the language model with ``torch.compile`` (regional compilation:
+        layers of one class share the compiled code; ``dynamic=True`` by default, so batches of any length
+        reuse it). The first call of a new shape pays the compilation (tens of seconds on CPU); vectors equal
+        the eager ones within float tolerance. Returns self."""
+        kwargs.setdefault("dynamic", True)
+        for layer in self.adapter.decoder_layers(self.model):
+            layer.compile(**kwargs)
+        return self
+
     def save_pretrained(self, path: str | Path, state_dict: dict | None = None, merge_lora: bool = True) -> Path:
         """Save weights, processor and settings. With LoRA adapters: merged weights as a plain Hugging Face
         folder (``merge_lora=True``), or the adapter alone in PEFT's format. ``state_dict``: weights to save
