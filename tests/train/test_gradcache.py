@@ -130,6 +130,41 @@ def test_plain_step_of_mixed_lengths_runs_length_sorted_forwards(f32_embedder, m
     _assert_same(one_grads, grads)
 
 
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_joined_roles_of_text_queries_and_image_positives(f32_embedder, chunk):
+    """Text-only queries (no mm_token_type_ids in their inputs) joined with image positives: the images stay
+    with their rows, and loss and gradients equal one forward per role."""
+    batch = train_batch(f32_embedder, digits_examples(tasks=("digits_t2i",), per_task=5), num_negatives=0)
+    assert "pixel_values" not in batch["query"] and "pixel_values" in batch["positive"]
+    objectives = [InfoNCEConfig(temperature=0.05)]
+    encode = encoder_fn(f32_embedder)
+    f32_embedder.zero_grad(set_to_none=True)
+    one = contrastive_loss({r: encode(r, batch[r]) for r in ("query", "positive")}, batch, objectives)["loss"]
+    one.backward()
+    one_grads = _grads(f32_embedder)
+    parts, grads = _run(f32_embedder, batch, objectives, chunk)
+    assert abs(float(parts["loss"]) - float(one)) < 1e-5
+    _assert_same(one_grads, grads)
+
+
+def test_split_never_trims_pixel_rows_as_padding():
+    """Qwen's pixel rows (patches, patch_dim) are not per-token columns, even when patch_dim equals the
+    padded length: splitting keeps every patch whole."""
+    from vlmbed.models.adapters import QwenVLAdapter
+    from vlmbed.train.chunks import split_by_sizes
+
+    ids = torch.zeros((2, 96), dtype=torch.long)
+    mask = torch.zeros((2, 96), dtype=torch.long)
+    mask[0, :10], mask[1, :6] = 1, 1
+    types = torch.zeros_like(ids)
+    types[0, 2:6] = 1  # row 0: one image of 4 tokens = 16 patches (merge 2 x 2)
+    inputs = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types,
+              "pixel_values": torch.randn(16, 96), "image_grid_thw": torch.tensor([[1, 4, 4]])}
+    first, second = split_by_sizes(inputs, [1, 1], adapter=QwenVLAdapter())
+    assert first["input_ids"].shape == (1, 10) and second["input_ids"].shape == (1, 6)
+    assert torch.equal(first["pixel_values"], inputs["pixel_values"]) and "pixel_values" not in second
+
+
 def test_embed_chunk_only_without_dropout():
     from peft import LoraConfig, get_peft_model
 

@@ -46,7 +46,7 @@ def split_by_sizes(inputs: dict, sizes: list[int], image_token_id: int | None = 
     adapter = _adapter(inputs, adapter)
     media = adapter.split_media(inputs, bounds, image_token_id) if has_media(inputs, adapter) else [{}] * len(bounds)
     skip = _media_keys(adapter)
-    return [_trim({**_rows(inputs, a, b, skip), **m}) for (a, b), m in zip(bounds, media, strict=True)]
+    return [{**_trim(_rows(inputs, a, b, skip)), **m} for (a, b), m in zip(bounds, media, strict=True)]
 
 
 def join_roles(inputs_by_role: dict, adapter: FamilyAdapter | None = None) -> tuple[dict, dict[str, slice]] | None:
@@ -132,7 +132,8 @@ def _rows(inputs: dict, a: int, b: int, skip: set[str]) -> dict:
 
 
 def _trim(inputs: dict) -> dict:
-    """Drop trailing columns that are padding in every row (right-padded inputs)."""
+    """Drop trailing columns that are padding in every row (right-padded inputs; per-row tensors only: media
+    such as Qwen's (patches, patch_dim) pixel rows must not be passed here)."""
     mask = inputs.get("attention_mask")
     if mask is None or mask.dim() != 2:
         return inputs
@@ -169,13 +170,21 @@ def concat_rows(a: dict, b: dict, adapter: FamilyAdapter | None = None) -> dict:
             k = max(x[key].shape[1] if x.get(key) is not None else 0 for x in (a, b))
             out[key] = torch.cat([_pad_cols(x[key], k, -1) if x.get(key) is not None
                                   else torch.full((n, k), -1, dtype=torch.long) for x, n in ((a, na), (b, nb))])
-        elif torch.is_tensor(a.get(key)) and torch.is_tensor(b.get(key)) and a[key].dim() == 2:
-            out[key] = torch.cat([_pad_cols(a[key], t, 0), _pad_cols(b[key].to(a[key].device), t, 0)], dim=0)
+        elif _per_row(a, key, na) or _per_row(b, key, nb):  # a side without it (no image): zeros, e.g. text
+            like = a[key] if _per_row(a, key, na) else b[key]
+            out[key] = torch.cat([_pad_cols(x[key].to(like.device), t, 0) if _per_row(x, key, n)
+                                  else like.new_zeros((n, t)) for x, n in ((a, na), (b, nb))], dim=0)
         else:
             out[key] = a.get(key, b.get(key))
     if any(x.get("segment_ids") is not None for x in (a, b)):  # attention blocks (vlmbed.models.blocks)
         out.update(_concat_segments(a, b, t))
     return out
+
+
+def _per_row(inputs: dict, key: str, rows: int) -> bool:
+    """Whether ``inputs[key]`` is a (rows, T) per-token tensor (``input_ids``, ``mm_token_type_ids``, ...)."""
+    value = inputs.get(key)
+    return torch.is_tensor(value) and value.dim() == 2 and value.shape[0] == rows
 
 
 def _concat_segments(a: dict, b: dict, width: int) -> dict:

@@ -116,6 +116,16 @@ class FamilyAdapter(ABC):
         to no unit stay as they are."""
         return {"pixel_values": patches.reshape(-1, patches.shape[-1]).to(inputs["pixel_values"].dtype)}
 
+    def _patch(self) -> int:
+        """The vision tower's patch side, for families whose processor does not say it: ``configure_model``
+        records it as ``self.patch_size`` from the model's config."""
+        if not hasattr(self, "patch_size"):
+            raise ValueError(
+                f"{type(self).__name__}.configure_model(model, processor) must run before image units are read "
+                "(Embedder does it when it loads)"
+            )
+        return self.patch_size
+
     # ------------------------------------------------------------------ batches (GradCache chunks)
     media_keys: tuple[str, ...] = ()  # processor outputs that are not one row per sequence
 

@@ -93,14 +93,6 @@ class Gemma3Adapter(FamilyAdapter):
         )
         return {"pixel_values": tiles}
 
-    def _patch(self) -> int:
-        if not hasattr(self, "patch_size"):
-            raise ValueError(
-                "Gemma3Adapter.configure_model(model, processor) must run before image units are read "
-                "(Embedder does it when it loads)"
-            )
-        return self.patch_size
-
     # ------------------------------------------------------------------ modules
     def vision_tower(self, model):
         return self.base(model).vision_tower

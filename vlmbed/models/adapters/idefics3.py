@@ -78,14 +78,6 @@ class Idefics3Adapter(FamilyAdapter):
         )
         return {"pixel_values": out}
 
-    def _patch(self) -> int:
-        if not hasattr(self, "patch_size"):
-            raise ValueError(
-                "Idefics3Adapter.configure_model(model, processor) must run before image units are "
-                "read (Embedder does it when it loads)"
-            )
-        return self.patch_size
-
     # ------------------------------------------------------------------ modules
     def language_model(self, model):
         return self.base(model).text_model
