@@ -165,6 +165,23 @@ def test_split_never_trims_pixel_rows_as_padding():
     assert torch.equal(first["pixel_values"], inputs["pixel_values"]) and "pixel_values" not in second
 
 
+def test_best_cut_of_length_sorted_rows():
+    """The dynamic programme finds the cut with the fewest padded slots (checked by hand) and keeps every
+    group within the row cap; the forward count weighs slots against a fixed cost per forward."""
+    from vlmbed.train.chunks import best_groups, best_partitions, length_split_count
+
+    lengths = torch.tensor([5, 5, 6, 6, 7, 30, 31, 32, 90, 95, 100, 100])
+    cuts = best_partitions(lengths, 4)
+    assert cuts[1] == (1200, [12]) and cuts[2] == (656, [8, 4]) and cuts[3] == (531, [5, 3, 4])
+    assert best_partitions(lengths, 4, cap=4)[3] == (4 * 6 + 4 * 32 + 4 * 100, [4, 4, 4])
+    assert 2 not in best_partitions(lengths, 4, cap=4)  # 12 rows need at least 3 forwards of 4
+    shuffled = lengths[torch.randperm(12, generator=torch.Generator().manual_seed(0))]
+    mask = {"attention_mask": (torch.arange(100)[None] < shuffled[:, None]).long()}
+    assert length_split_count(mask) == 3 and length_split_count(mask, penalty=1.0) == 1
+    groups = best_groups(mask, 3)
+    assert [sorted(shuffled[g].tolist()) for g in groups] == [[5, 5, 6, 6, 7], [30, 31, 32], [90, 95, 100, 100]]
+
+
 def test_embed_chunk_only_without_dropout():
     from peft import LoraConfig, get_peft_model
 

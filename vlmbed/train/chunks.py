@@ -11,6 +11,8 @@ Trailing columns that are padding in every row of a chunk are trimmed (right pad
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from vlmbed.models.adapters import FamilyAdapter, adapter_for_inputs
@@ -95,20 +97,64 @@ def length_groups(inputs: dict, sizes: list[int], min_saving: float = 0.1) -> li
     return [part.tolist() for part in torch.split(order, sizes)]
 
 
-def length_split_count(inputs: dict, max_groups: int = 4, penalty: float = 0.1) -> int:
-    """Forwards a role's rows take in a plain step: the count k <= ``max_groups`` of near-equal groups of
-    length-sorted rows with the fewest padded token slots, each forward past the first counted as ``penalty``
-    of the one-forward slots (its fixed cost)."""
+def best_partitions(lengths: torch.Tensor, max_groups: int, cap: int | None = None) -> dict[int, tuple[int, list]]:
+    """For every k <= ``max_groups``: the padded token slots and the sizes of the best cut of ascending
+    ``lengths`` into k consecutive groups of at most ``cap`` rows (a group pads to its last, longest row);
+    dynamic programming over the cut points. Counts with no feasible cut are left out."""
+    import numpy as np
+
+    lens = np.asarray(lengths.tolist(), dtype=np.float64)
+    n = len(lens)
+    cap = cap or n
+    cost = np.full(n + 1, np.inf)
+    cost[0] = 0.0  # first i rows in j groups, j = 0
+    cuts, out = [], {}
+    for j in range(1, min(max_groups, n) + 1):
+        new, arg = np.full(n + 1, np.inf), np.zeros(n + 1, dtype=np.int64)
+        for i in range(j, n + 1):
+            m = np.arange(max(j - 1, i - cap), i)  # the last group is rows m .. i-1
+            if m.size:
+                c = cost[m] + (i - m) * lens[i - 1]
+                best = int(np.argmin(c))
+                new[i], arg[i] = c[best], m[best]
+        cuts.append(arg)
+        cost = new
+        if np.isfinite(cost[n]):
+            sizes, i = [], n
+            for back in reversed(cuts):
+                sizes.append(i - int(back[i]))
+                i = int(back[i])
+            out[j] = (int(cost[n]), sizes[::-1])
+    return out
+
+
+def length_split_count(inputs: dict, max_groups: int = 8, penalty: float = 0.05, cap: int | None = None) -> int:
+    """Forwards rows take: the count k <= ``max_groups`` whose best cut of the length-sorted rows
+    (:func:`best_partitions`, groups of at most ``cap`` rows) pads the fewest token slots, each forward past
+    the first counted as ``penalty`` of the one-forward slots (its fixed cost)."""
     lengths = torch.sort(inputs["attention_mask"].sum(dim=1)).values  # (B,)
     n = lengths.numel()
-    whole = int(lengths[-1]) * n if n else 0
-    best, best_cost = 1, float(whole)
-    for k in range(2, min(max_groups, n) + 1):
-        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
-        cost = sum(int(part.max()) * part.numel() for part in torch.split(lengths, sizes)) + penalty * (k - 1) * whole
-        if cost < best_cost:
-            best, best_cost = k, cost
-    return best
+    if not n:
+        return 1
+    whole = int(lengths[-1]) * n
+    options = best_partitions(lengths, max_groups, cap)
+    if not options:  # cap too small for max_groups forwards
+        return math.ceil(n / cap)
+    return min(options, key=lambda k: options[k][0] + penalty * (k - 1) * whole)
+
+
+def best_groups(inputs: dict, k: int, cap: int | None = None) -> list[list[int]]:
+    """Row indices of the best cut into ``k`` groups of length-sorted rows (:func:`best_partitions`); rows
+    fewer than ``k`` give one-row groups (the caller adds stand-ins for the rest)."""
+    lengths = inputs["attention_mask"].sum(dim=1)
+    order = torch.argsort(lengths, stable=True)
+    n = order.numel()
+    if k >= n:
+        return [[int(i)] for i in order]
+    options = best_partitions(lengths[order], k, cap)
+    if k not in options:
+        raise ValueError(f"{n} rows do not fit {k} forwards of at most {cap} rows")
+    return [part.tolist() for part in torch.split(order, options[k][1])]
 
 
 def first_row(inputs: dict, image_token_id: int | None = None, adapter: FamilyAdapter | None = None) -> dict:

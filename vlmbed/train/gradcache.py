@@ -44,6 +44,7 @@ import torch
 
 from vlmbed import dist
 from vlmbed.train.chunks import (
+    best_groups,
     concat_rows,
     first_row,
     has_media,
@@ -108,12 +109,14 @@ def _no_context(_last: bool):
 
 
 def plan_chunks(inputs_by_role: dict, chunk_size: int | None, image_stand_in: dict | None = None,
-                image_token_id: int | None = None, adapter=None, counts: dict | None = None) -> dict[str, list[Chunk]]:
+                image_token_id: int | None = None, adapter=None, counts: dict | None = None,
+                cap: int | None = None) -> dict[str, list[Chunk]]:
     """Chunks per role, with the same count (and the same vision-tower use) on every process.
 
     A role is cut into ``ceil(max rows over processes / chunk_size)`` near-equal chunks (one chunk
-    when ``chunk_size`` is None; ``counts[role]`` chunks when given, the same on every process), of rows
-    sorted by length where that pads notably less (mixed lengths). ``image_stand_in``: processor inputs of one
+    when ``chunk_size`` is None), of rows sorted by length where that pads notably less (mixed lengths); or,
+    with ``counts``, ``counts[role]`` forwards (the same on every process) cut from the length-sorted rows
+    where that pads the fewest slots, at most ``cap`` rows each. ``image_stand_in``: processor inputs of one
     small image, appended to
     a chunk that has no image where another process's chunk has one. ``adapter``: the family adapter that
     knows how the inputs lay out images (None: the one whose layout the inputs have).
@@ -127,8 +130,12 @@ def plan_chunks(inputs_by_role: dict, chunk_size: int | None, image_stand_in: di
         if top == 0:
             continue
         k = counts[role] if counts else math.ceil(top / chunk_size) if chunk_size else 1
-        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
-        groups = length_groups(inputs_by_role[role], [s for s in sizes if s]) if k > 1 and n else None
+        if counts and k > 1 and n:  # the best cut of length-sorted rows into k forwards (of at most cap rows)
+            groups = best_groups(inputs_by_role[role], k, cap)
+            sizes = [len(g) for g in groups] + [0] * (k - len(groups))
+        else:
+            sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+            groups = length_groups(inputs_by_role[role], [s for s in sizes if s]) if k > 1 and n else None
         if k == 1 and n:  # the whole role in one forward: no need to cut anything
             real = [inputs_by_role[role]]
         elif groups is not None:
@@ -171,7 +178,8 @@ class GradCache:
         chunks = self.chunks(inputs_by_role)
         merged = bool(self.chunk_size and self.embed_chunk_size and self.embed_chunk_size > self.chunk_size)
         first = plan_chunks(inputs_by_role, None, self.image_stand_in, self.image_token_id, self.adapter,
-                            counts=forward_counts(inputs_by_role, self.embed_chunk_size)) if merged else chunks
+                            counts=forward_counts(inputs_by_role, self.embed_chunk_size),
+                            cap=self.embed_chunk_size) if merged else chunks
         reps, states = self.embed(encode, first)
         parts = loss_fn(by_role(reps, spans))
         loss = parts["loss"]
@@ -300,8 +308,9 @@ def by_role(reps: dict, spans: dict | None) -> dict:
 def forward_counts(inputs_by_role: dict, rows_per_forward: int | None) -> dict[str, int]:
     """Forwards per role, agreed over processes: enough for ``rows_per_forward`` (None: no bound), more where
     length-sorted groups pad notably fewer slots (:func:`~vlmbed.train.chunks.length_split_count`)."""
-    local = [max(math.ceil(num_rows(v) / rows_per_forward) if rows_per_forward else 1, length_split_count(v))
-             if v is not None and num_rows(v) else 1 for v in inputs_by_role.values()]
+    local = [max(math.ceil(num_rows(v) / rows_per_forward) if rows_per_forward else 1,
+                 length_split_count(v, cap=rows_per_forward)) if v is not None and num_rows(v) else 1
+             for v in inputs_by_role.values()]
     return dict(zip(inputs_by_role, dist.max_across(local), strict=True))
 
 
