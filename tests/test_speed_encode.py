@@ -134,3 +134,16 @@ def test_compiled_layers_give_the_eager_vectors(tiny_model_dir):
     a, b = eager.encode(items, batch_size=4), compiled.encode(items, batch_size=4)
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.99999
+
+
+def test_prefetch_only_where_it_overlaps_work(monkeypatch):
+    """A prefetch thread beside the model: on an accelerator always; on a CPU only with a core spare beside
+    torch's threads."""
+    from vlmbed.models import encode_plan
+
+    monkeypatch.setattr(encode_plan.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(encode_plan.torch, "get_num_threads", lambda: 2)
+    assert not encode_plan.prefetch_pays(torch.device("cpu"))
+    assert encode_plan.prefetch_pays(torch.device("cuda"))
+    monkeypatch.setattr(encode_plan.os, "cpu_count", lambda: 16)
+    assert encode_plan.prefetch_pays(torch.device("cpu"))

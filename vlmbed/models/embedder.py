@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 from vlmbed.models.adapters import BACKBONES, adapter_for, preset_settings
 from vlmbed.models.attention import ATTENTION_MODES, build_attention_masks
 from vlmbed.models.blocks import SEGMENT_KEYS, block_mask_fn
-from vlmbed.models.encode_plan import plan_encode, prefetched
+from vlmbed.models.encode_plan import plan_encode, prefetch_pays, prefetched
 from vlmbed.models.heads import PatchDecoder, mlm_logits
 from vlmbed.models.inputs import DEFAULT_TEMPLATES, ItemEncoder
 from vlmbed.models.pooling import POOLING, at_positions, last_marked, marked_positions
@@ -318,7 +318,8 @@ class Embedder(nn.Module):
         self.eval()
         plan = plan_encode(items, role, self.encoder, batch_size)  # distinct items, length-sorted token budgets
         out: list[torch.Tensor | None] = [None] * len(plan.unique)
-        batches = prefetched(lambda idx: self.tokenize([items[plan.unique[j]] for j in idx], role), plan.batches)
+        batches = prefetched(lambda idx: self.tokenize([items[plan.unique[j]] for j in idx], role), plan.batches,
+                             ahead=prefetch_pays(self.device))
         if show_progress:
             from tqdm.auto import tqdm
 

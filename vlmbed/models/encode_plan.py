@@ -11,7 +11,9 @@ decoded ahead of the model.
    padded tokens (default: ``batch_size`` x the median length), so long items go in smaller batches and
    padding stays small.
 3. **Prefetch.** :func:`prefetched` prepares the next batch's processor inputs (image decoding, resizing,
-   tokenisation) in a background thread while the model runs the current one.
+   tokenisation) in a background thread while the model runs the current one, where that overlaps work
+   (:func:`prefetch_pays`: the model on an accelerator, or a CPU core spare beside torch's threads; on a
+   CPU whose every core computes, the thread would take a core from the model).
 
 Batches only change which items run together; vectors do not depend on it (right padding, per-row masks).
 """
@@ -19,16 +21,18 @@ Batches only change which items run together; vectors do not depend on it (right
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vlmbed.types import Item
 
-__all__ = ["EncodePlan", "image_size", "item_lengths", "plan_encode", "prefetched", "unique_items"]
+__all__ = ["EncodePlan", "image_size", "item_lengths", "plan_encode", "prefetch_pays", "prefetched", "unique_items"]
 
 
 @dataclass
@@ -141,6 +145,12 @@ def _pack(order: list[int], lengths: np.ndarray, batch_size: int, budget: int) -
     if batch:
         out.append(batch)
     return out
+
+
+def prefetch_pays(device: torch.device) -> bool:
+    """Whether preparing batches in a background thread overlaps work rather than competing for cores: the
+    model runs on an accelerator, or a CPU core is left beside torch's compute threads."""
+    return device.type != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads()
 
 
 def prefetched(prepare: Callable, batches: Iterable, ahead: bool = True) -> Iterator[tuple]:
