@@ -62,25 +62,14 @@ def join_roles(inputs_by_role: dict, adapter: FamilyAdapter | None = None) -> tu
     for role, v in present.items():
         spans[role] = slice(start, start + num_rows(v))
         start += num_rows(v)
-    parts = list(present.values())
-    while len(parts) > 1:
-        parts = [concat_rows(parts[i], parts[i + 1], adapter) if i + 1 < len(parts) else parts[i]
-                 for i in range(0, len(parts), 2)]
-    return parts[0], spans
+    return concat_all(list(present.values()), adapter), spans
 
 
 def take_rows(inputs: dict, groups: list[list[int]], image_token_id: int | None = None,
               adapter: FamilyAdapter | None = None) -> list[dict]:
     """The inputs of each group of rows, rows in the group's order (images go with their rows)."""
     singles = split_by_sizes(inputs, [1] * num_rows(inputs), image_token_id, adapter)
-    out = []
-    for group in groups:
-        parts = [singles[i] for i in group]
-        while len(parts) > 1:  # pairwise rounds: each row is copied log2(len(group)) times
-            parts = [concat_rows(parts[i], parts[i + 1], adapter) if i + 1 < len(parts) else parts[i]
-                     for i in range(0, len(parts), 2)]
-        out.append(parts[0])
-    return out
+    return [concat_all([singles[i] for i in group], adapter) for group in groups]
 
 
 def length_groups(inputs: dict, sizes: list[int], min_saving: float = 0.1) -> list[list[int]] | None:
@@ -225,6 +214,15 @@ def concat_rows(a: dict, b: dict, adapter: FamilyAdapter | None = None) -> dict:
     if any(x.get("segment_ids") is not None for x in (a, b)):  # attention blocks (vlmbed.models.blocks)
         out.update(_concat_segments(a, b, t))
     return out
+
+
+def concat_all(parts: list[dict], adapter: FamilyAdapter | None = None) -> dict:
+    """Rows of every part in order, in one input dict (:func:`concat_rows` in pairwise rounds, so each row is
+    copied log2(len(parts)) times rather than once per part)."""
+    while len(parts) > 1:
+        parts = [concat_rows(parts[i], parts[i + 1], adapter) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
 
 
 def _per_row(inputs: dict, key: str, rows: int) -> bool:

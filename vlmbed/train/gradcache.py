@@ -167,9 +167,8 @@ class GradCache:
     # when no dropout is active (the replay then cannot restore stage 1's random draws chunk by chunk)
     embed_chunk_size: int | None = None
 
-    def chunks(self, inputs_by_role: dict, size: int | None = None) -> dict[str, list[Chunk]]:
-        return plan_chunks(inputs_by_role, size or self.chunk_size, self.image_stand_in, self.image_token_id,
-                           self.adapter)
+    def chunks(self, inputs_by_role: dict) -> dict[str, list[Chunk]]:
+        return plan_chunks(inputs_by_role, self.chunk_size, self.image_stand_in, self.image_token_id, self.adapter)
 
     def step(self, encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backward: Backward,
              sync: SyncContext = _no_context) -> StepOutput:
@@ -203,11 +202,8 @@ class GradCache:
                 if chunk.rows:
                     outs.append(emb)
             if outs:
-                rows = torch.cat(outs, dim=0).detach()  # (n, d) or (n, k, d), in chunk order
-                if any(c.index is not None for c in role_chunks):  # back to the batch's row order
-                    order = torch.tensor([i for c in role_chunks if c.rows for i in c.index], device=rows.device)
-                    rows = torch.empty_like(rows).index_copy_(0, order, rows)
-                reps[role] = rows.requires_grad_(True)
+                rows = in_row_order(torch.cat(outs, dim=0), role_chunks)  # (n, d) or (n, k, d)
+                reps[role] = rows.detach().requires_grad_(True)
             states[role] = role_states
         return reps, states
 
@@ -229,6 +225,15 @@ class GradCache:
                     starts[role] += chunk.rows
                     surrogate = (emb * grad).sum()  # d surrogate / d theta = (d emb / d theta)^T grad
                 backward(surrogate if idle is None else surrogate + idle, last)
+
+
+def in_row_order(rows: torch.Tensor, role_chunks: list[Chunk]) -> torch.Tensor:
+    """A role's embeddings, concatenated in chunk order, put back in the batch's row order (chunks of
+    length-sorted rows carry their row ``index``; contiguous chunks are in order already)."""
+    if all(c.index is None for c in role_chunks):
+        return rows
+    order = torch.tensor([i for c in role_chunks if c.rows for i in c.index], device=rows.device)
+    return rows[torch.argsort(order)]
 
 
 def has_active_dropout(model: torch.nn.Module) -> bool:
@@ -274,16 +279,14 @@ def full_batch_step(encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backw
     with sync(True):
         reps, idle = {}, []
         for role, role_chunks in chunks.items():
-            outs, order = [], []
+            outs = []
             for chunk in role_chunks:
                 emb, extra = chunk.split(encode(role, chunk.inputs))
                 idle.append(extra if chunk.rows else emb.sum() * 0.0)
                 if chunk.rows:
                     outs.append(emb)
-                    order += chunk.index if chunk.index is not None else range(len(order), len(order) + chunk.rows)
             if outs:
-                rows = torch.cat(outs, dim=0)
-                reps[role] = rows if order == sorted(order) else rows[torch.argsort(torch.tensor(order))]
+                reps[role] = in_row_order(torch.cat(outs, dim=0), role_chunks)
         parts = loss_fn(by_role(reps, spans))
         extra = [x for x in idle if x is not None]
         loss = parts["loss"] + sum(extra) if extra else parts["loss"]

@@ -184,9 +184,10 @@ class FamilyAdapter(ABC):
             layer.self_attn.is_causal = causal
 
     # ------------------------------------------------------------------ forward
-    @abstractmethod
     def position_ids(self, model, inputs: dict) -> torch.Tensor:
-        """Positions the language model gets (``(3, B, T)`` for M-RoPE, ``(B, T)`` otherwise)."""
+        """Positions the language model gets: 1-D (B, T) counting real tokens (right padding) by default; a family
+        with M-RoPE returns ``(3, B, T)``."""
+        return (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
 
     @abstractmethod
     def hidden_states(self, model, inputs: dict, masks: dict, positions: torch.Tensor) -> torch.Tensor:

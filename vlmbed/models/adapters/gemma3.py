@@ -139,10 +139,6 @@ class Gemma3Adapter(FamilyAdapter):
         return {"pixel_values": torch.cat(parts, dim=0)} if parts else {}
 
     # ------------------------------------------------------------------ forward
-    def position_ids(self, model, inputs: dict) -> torch.Tensor:
-        """1-D positions (B, T) counting real tokens (right padding)."""
-        return (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-
     def hidden_states(self, model, inputs: dict, masks: dict, positions: torch.Tensor) -> torch.Tensor:
         """Post-norm last hidden states (B, T, d). In causal mode with images, ``masks`` is updated in place to
         the stock causal masks with each image's tokens bidirectional (so the output's masks are those used)."""

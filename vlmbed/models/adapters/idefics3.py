@@ -117,10 +117,6 @@ class Idefics3Adapter(FamilyAdapter):
         return out
 
     # ------------------------------------------------------------------ forward
-    def position_ids(self, model, inputs: dict) -> torch.Tensor:
-        """1-D positions (B, T) counting real tokens (right padding)."""
-        return (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-
     def hidden_states(self, model, inputs: dict, masks: dict, positions: torch.Tensor) -> torch.Tensor:
         pixels = inputs.get("pixel_values")
         if pixels is not None and not bool((inputs["input_ids"] == self.image_token_id(model)).any()):

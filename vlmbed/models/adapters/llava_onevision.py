@@ -186,10 +186,6 @@ class LlavaOnevisionAdapter(FamilyAdapter):
         return out
 
     # ------------------------------------------------------------------ forward
-    def position_ids(self, model, inputs: dict) -> torch.Tensor:
-        """1-D positions (B, T) counting real tokens (right padding)."""
-        return (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-
     def hidden_states(self, model, inputs: dict, masks: dict, positions: torch.Tensor) -> torch.Tensor:
         out = self.base(model)(
             input_ids=inputs["input_ids"],
