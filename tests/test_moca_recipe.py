@@ -38,7 +38,7 @@ def attention_modes(monkeypatch):
     real = embedder_module.build_attention_masks
 
     def record(mode, *args, **kwargs):
-        seen.append(mode)
+        seen.append(getattr(kwargs.get("block_fn"), "within_rows", mode))  # a packed forward: each row's own mode
         return real(mode, *args, **kwargs)
 
     monkeypatch.setattr(embedder_module, "build_attention_masks", record)

@@ -101,11 +101,13 @@ def test_chunks_of_length_sorted_rows_keep_the_full_batch_gradients(f32_embedder
 def test_plain_step_of_mixed_lengths_runs_length_sorted_forwards(f32_embedder, monkeypatch):
     """full_batch_step runs rows of very mixed lengths as length-sorted forwards (the roles' rows joined: the
     training encoder treats every role alike), and its loss and gradients equal one forward per role (the
-    embeddings go back to their roles and rows)."""
+    embeddings go back to their roles and rows). Packing off: the path of rows whose images cannot be packed
+    (with packing, one packed forward: tests/test_packing.py)."""
     import dataclasses
 
     from vlmbed.train.chunks import length_split_count
 
+    monkeypatch.setattr(f32_embedder.settings, "packing", "off")
     examples = digits_examples(per_task=3)
     long = [dataclasses.replace(ex, query=dataclasses.replace(ex.query, text=ex.query.text + " seven" * 30))
             if i % 3 == 0 else ex for i, ex in enumerate(examples)]

@@ -71,6 +71,7 @@ def build_embedder(model_cfg, path: Path, token_roles=()) -> Embedder:
     settings = dict(
         attention=model_cfg.attention,
         block_causal=model_cfg.block_causal,
+        packing=model_cfg.packing,
         pooling=model_cfg.pooling,
         normalize=model_cfg.normalize,
         append_eos=model_cfg.append_eos,

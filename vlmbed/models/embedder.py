@@ -23,6 +23,7 @@ from vlmbed.models.blocks import SEGMENT_KEYS, block_mask_fn
 from vlmbed.models.encode_plan import plan_encode, prefetch_pays, prefetched
 from vlmbed.models.heads import PatchDecoder, mlm_logits
 from vlmbed.models.inputs import DEFAULT_TEMPLATES, ItemEncoder
+from vlmbed.models.packing import Packing, packed_inputs, plan_packing
 from vlmbed.models.pooling import POOLING, at_positions, last_marked, marked_positions
 from vlmbed.models.tokens import add_tokens, require_id, role_tokens, token_id
 from vlmbed.types import Item
@@ -49,10 +50,13 @@ class EmbedderSettings:
     max_length: int | None = None  # tokens per sequence, image tokens counted (the item's text is cut to fit)
     chat: dict[str, dict] | None = None  # role -> chat format rendered by the processor's chat template
     preset: str | None = None  # the released format these settings came from (adapters.PRESETS), if any
+    packing: str = "auto"  # auto: pack rows of mixed-length batches into fewer sequences (models.packing) | off
 
     def __post_init__(self) -> None:
         if self.pooling not in (*POOLING, "marked"):
             raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING)}, marked")
+        if self.packing not in ("auto", "off"):
+            raise ValueError(f"unknown packing {self.packing!r}; choose auto or off")
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"unknown attention {self.attention!r}; choose one of {', '.join(ATTENTION_MODES)}")
         for role, spec in (self.chat or {}).items():
@@ -71,7 +75,7 @@ class EmbedOutput(ModelOutput):
     embeddings: torch.Tensor | None = None  # (B, d), or (B, k, d) at marked positions
     hidden: torch.Tensor | None = None  # (B, T, d) post-norm last hidden states
     attention_mask: torch.Tensor | None = None  # (B, T) padding mask
-    masks: dict | None = None  # the per-layer attention masks actually used
+    masks: dict | None = None  # the per-layer attention masks of the batch (a packed forward ran packed ones)
     position_ids: torch.Tensor | None = None  # (3, B, T) M-RoPE positions used
     token_logits: torch.Tensor | None = None  # (M, V) LM-head logits at the asked positions
     patch_predictions: torch.Tensor | None = None  # (U_masked, merge**2 * patch_dim) from the patch decoder
@@ -246,11 +250,19 @@ class Embedder(nn.Module):
                 raise ValueError("block attention masks need attn_implementation sdpa, eager or flex_attention "
                                  "(flash attention cannot take a per-sample mask)")
             self.adapter.set_causal(self.model, mode == "causal")
-        masks = build_attention_masks(mode, text_config, mask, self.dtype, block_fn=block_fn)
         pos_ids = self.adapter.position_ids(self.model, inputs)  # (3, B, T)
         if offsets is not None:
             pos_ids = pos_ids - offsets.to(pos_ids.device, pos_ids.dtype)  # (3, B, T) - (B, T)
-        hidden = self.adapter.hidden_states(self.model, inputs, masks, pos_ids)  # (B, T, d)
+        packing = self._packing(inputs, mode, block_fn) if masked_units is None else None
+        if packing is not None:  # several rows per sequence, kept apart by the mask (vlmbed.models.packing)
+            packed = packed_inputs(inputs, packing, self.adapter, self.adapter.image_token_id(self.model))
+            packed_masks = build_attention_masks("block", text_config, packed["attention_mask"], self.dtype,
+                                                 block_fn=packing.block_fn(causal=mode == "causal"))
+            hidden = self.adapter.hidden_states(self.model, packed, packed_masks, packing.pack(pos_ids))  # (P, L, d)
+            hidden = packing.unpack(hidden)  # (B, T, d)
+        masks = build_attention_masks(mode, text_config, mask, self.dtype, block_fn=block_fn)  # the batch's own
+        if packing is None:
+            hidden = self.adapter.hidden_states(self.model, inputs, masks, pos_ids)  # (B, T, d)
         pooling = pooling or self.settings.pooling
         if isinstance(positions, str):
             positions = marked_positions(inputs["input_ids"], self.token_id("mark"))  # (B, k)
@@ -273,6 +285,25 @@ class Embedder(nn.Module):
             image_tokens, unit_mask = (t.to(hidden.device) for t in masked_units)
             out.patch_predictions = self.heads["patch_decoder"](out, image_tokens, unit_mask)
         return out
+
+    def packs(self, inputs: dict, attention: str | None = None) -> bool:
+        """Whether a forward of ``inputs`` (mode ``attention``, default the settings') packs its rows into
+        shared sequences where that saves work (:mod:`vlmbed.models.packing`): packing is on, the mode has no
+        blocks of its own, no flash attention (it takes no per-sample mask), and the family can move these
+        images between rows."""
+        mode = attention or self.settings.attention
+        if self.settings.packing != "auto" or (mode == "block" and inputs.get("segment_ids") is not None):
+            return False
+        if "flash" in str(getattr(self.adapter.text_config(self.model), "_attn_implementation", "")):
+            return False
+        return self.adapter.pack_media or not self.adapter.has_media(inputs)
+
+    def _packing(self, inputs: dict, mode: str, block_fn) -> Packing | None:
+        """The packing of this forward's rows, or None (see :meth:`packs`; also None where it would not save
+        at least 10% of the token slots)."""
+        if block_fn is not None or not self.packs(inputs, mode):
+            return None
+        return plan_packing(inputs["attention_mask"])
 
     def add_patch_decoder(self, patch_dim: int, merge: int = 2) -> None:
         """Attach MoCa's patch decoder (a copy of the middle LM layer + linear head); training only."""

@@ -274,7 +274,8 @@ def full_batch_step(encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backw
     per role.
     """
     inputs_by_role, spans = joined_rows(encode, inputs_by_role, adapter)
-    counts = forward_counts(inputs_by_role, None) if image_token_id is not None else None
+    counts = forward_counts(inputs_by_role, None) if image_token_id is not None and not packed(encode, inputs_by_role) \
+        else None
     chunks = plan_chunks(inputs_by_role, None, image_stand_in, image_token_id, adapter=adapter, counts=counts)
     with sync(True):
         reps, idle = {}, []
@@ -294,6 +295,14 @@ def full_batch_step(encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backw
             return StepOutput({k: v.detach() for k, v in parts.items()}, finite=False)
         backward(loss, True)
     return StepOutput({k: v.detach() for k, v in parts.items()}, finite=True)
+
+
+def packed(encode: Encode, inputs_by_role: dict) -> bool:
+    """Whether the encoder packs every role's rows into shared sequences (``encode.packs``), so that cutting
+    them into length-sorted forwards would save nothing; agreed over processes (all cut, or none)."""
+    packs = getattr(encode, "packs", None)
+    local = packs is not None and all(v is None or packs(v) for v in inputs_by_role.values())
+    return not dist.any_true(not local)
 
 
 def joined_rows(encode: Encode, inputs_by_role: dict, adapter=None) -> tuple[dict, dict | None]:

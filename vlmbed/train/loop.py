@@ -112,6 +112,8 @@ def encoder_fn(model):
         return model(inputs, positions=positions).embeddings
 
     encode.role_free = True  # every role is encoded alike: a step may join the roles' rows into one batch
+    inner = getattr(model, "module", model)  # under DDP, the Embedder
+    encode.packs = getattr(inner, "packs", None)  # inputs -> whether the model packs their rows (no padding)
     return encode
 
 

@@ -9,7 +9,8 @@ its modules asks the family's adapter, never the processor's or the model's attr
 - images: :meth:`image_tokens` / :meth:`image_factor` (the cost of an image), :meth:`patch_dim` /
   :meth:`merge_size` (the shape of an image unit), :meth:`image_unit_mask` (which tokens are image units),
   :meth:`unit_patches` / :meth:`with_unit_patches` (the units' patch vectors: MAE targets and noise);
-- batches: :meth:`media_keys`, :meth:`split_media`, :meth:`concat_media` (GradCache chunks);
+- batches: :meth:`media_keys`, :meth:`split_media`, :meth:`concat_media` (GradCache chunks), ``pack_media``
+  (packed forwards);
 - modules: :meth:`base`, :meth:`language_model`, :meth:`vision_tower`, :meth:`lm_head`,
   :meth:`decoder_layers`, :meth:`rotary_embedding`, :meth:`text_config`, :meth:`set_causal`;
 - forward: :meth:`position_ids`, :meth:`hidden_states`.
@@ -128,6 +129,10 @@ class FamilyAdapter(ABC):
 
     # ------------------------------------------------------------------ batches (GradCache chunks)
     media_keys: tuple[str, ...] = ()  # processor outputs that are not one row per sequence
+    # rows with images may be packed into shared sequences (vlmbed.models.packing): the images are flat over the
+    # batch in row order (split_media per row, concatenated in a new row order) and the model adds nothing to
+    # the mask per image; otherwise only text-only batches are packed
+    pack_media: bool = False
 
     def has_media(self, inputs: dict) -> bool:
         """Whether the inputs carry any image (or video) for the vision tower."""

@@ -28,6 +28,7 @@ class QwenVLAdapter(FamilyAdapter):
     # structural tokens never masked for reconstruction (the tokenizer's own specials come on top)
     special_tokens = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", eos_token, mark_token)
     media_keys = (*VISION_KEYS, *VISION_KEYS.values())
+    pack_media = True  # flat pixel rows + one grid per image, in row order
 
     def set_pixel_bounds(self, processor, min_pixels: int | None, max_pixels: int | None) -> None:
         """Image resolution bounds (pixels) on the image processor; saved with it (preprocessor_config)."""

@@ -1,0 +1,166 @@
+"""Packed forwards (vlmbed.models.packing): the rows of a mixed-length batch share sequences, kept apart by the
+attention mask, with the positions each row has alone; embeddings and gradients equal the padded forward's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from real_layout import FAMILIES, build_real_layout
+
+from vlmbed.models.packing import plan_packing
+from vlmbed.types import Item
+
+
+def _mask(lengths: list[int], width: int) -> torch.Tensor:
+    return (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+
+
+def test_plan_is_first_fit_decreasing_and_round_trips():
+    mask = _mask([5, 2, 3, 1, 4], 5)
+    plan = plan_packing(mask)
+    assert plan is not None and plan.packed_shape == (3, 5)
+    assert plan.order == [0, 4, 3, 2, 1]  # bins: [0], [4, 3], [2, 1]
+    assert plan.segment_ids.tolist() == [[0, 0, 0, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 1, 1]]
+    x = torch.arange(25).reshape(5, 5) + 1
+    packed = plan.pack(x)
+    assert packed[2].tolist() == [x[2, 0], x[2, 1], x[2, 2], x[1, 0], x[1, 1]]
+    back = plan.unpack(packed.unsqueeze(-1).float())[..., 0]
+    assert torch.equal(back, (x * mask).float())
+    pos = torch.stack([x, x + 100, x + 200])  # (3, B, T): M-RoPE positions move along
+    assert torch.equal(plan.pack(pos)[1], plan.pack(x + 100))
+
+
+def test_no_plan_where_packing_saves_nothing_or_padding_is_not_on_the_right():
+    assert plan_packing(_mask([4, 4, 4], 4)) is None  # equal lengths
+    assert plan_packing(_mask([4, 3, 4], 4)) is None  # 1 slot of 12 saved at most
+    assert plan_packing(_mask([6], 6)) is None
+    left = _mask([5, 2, 3, 1, 4], 5).flip(1)
+    assert plan_packing(left) is None
+
+
+def _items() -> list[Item]:
+    red, blue = Image.new("RGB", (40, 32), "red"), Image.new("RGB", (64, 96), (10, 120, 200))
+    long = "a long caption about a chart of sales by month, with a table of costs and a legend " * 2
+    return [
+        Item(text=long),
+        Item(text="seven"),
+        Item(image=red),
+        Item(text="a chart of sales by month", image=blue),
+        Item(text="cat"),
+        Item(image=blue, instruction="Find a caption: "),
+        Item(text="dog on a mat"),
+    ]
+
+
+def _load(folder, **settings):
+    from vlmbed.models.embedder import Embedder
+
+    return Embedder.from_pretrained(folder, dtype=torch.float32, **settings)
+
+
+@pytest.mark.parametrize("mode", [("causal", "last"), ("bidirectional", "mean")])
+def test_packed_forward_equals_the_padded_one(tiny_model_dir_25, mode, monkeypatch):
+    import vlmbed.models.embedder as module
+
+    attention, pooling = mode
+    embedder = _load(tiny_model_dir_25, attention=attention, pooling=pooling).eval()
+    inputs = embedder.tokenize(_items(), "query")
+    original, rows = module.packed_inputs, []
+
+    def spy(*args):
+        out = original(*args)
+        rows.append(out["input_ids"].shape[0])
+        return out
+
+    monkeypatch.setattr(module, "packed_inputs", spy)
+    with torch.no_grad():
+        packed = embedder(inputs)
+    assert rows and rows[0] < inputs["input_ids"].shape[0]  # fewer, fuller sequences ran
+    with torch.no_grad():
+        embedder.settings.packing = "off"
+        padded = embedder(inputs)
+    real = inputs["attention_mask"].bool()
+    assert (packed.embeddings - padded.embeddings).abs().max() < 1e-5
+    assert (packed.hidden[real] - padded.hidden[real]).abs().max() < 1e-5
+    assert packed.masks["full_attention"].shape[0] == real.shape[0]  # the batch's own masks (heads read them)
+
+
+def test_packed_gradients_equal_the_padded_ones(tiny_model_dir_25):
+    embedder = _load(tiny_model_dir_25).train()
+    inputs = embedder.tokenize(_items(), "query")
+    weights = torch.randn(len(_items()), embedder.hidden_size, generator=torch.Generator().manual_seed(0))
+    grads = {}
+    for setting in ("auto", "off"):
+        embedder.settings.packing = setting
+        embedder.zero_grad(set_to_none=True)
+        (embedder(inputs).embeddings * weights).sum().backward()
+        grads[setting] = {n: p.grad.clone() for n, p in embedder.named_parameters() if p.grad is not None}
+    assert set(grads["auto"]) == set(grads["off"])
+    vision = {n for n, _ in embedder.adapter.vision_tower(embedder.model).named_parameters()}
+    assert any(n.split("visual.", 1)[-1] in vision for n in grads["auto"]), "the images got no gradient"
+    for name, g in grads["off"].items():
+        assert (grads["auto"][name] - g).abs().max() <= 1e-5 * max(1.0, float(g.abs().max())), name
+
+
+def test_a_training_step_runs_one_packed_forward(tiny_model_dir_25):
+    from vlmbed.objectives import infonce
+    from vlmbed.train.gradcache import full_batch_step
+    from vlmbed.train.loop import encoder_fn
+
+    embedder = _load(tiny_model_dir_25).train()
+    items = _items()
+    roles = {"query": embedder.tokenize([Item(text="q " * (3 * i + 1)) for i in range(len(items))], "query"),
+             "positive": embedder.tokenize(items, "document")}
+    losses, calls = {}, {}
+    for setting in ("auto", "off"):
+        embedder.settings.packing = setting
+        inner, calls[setting] = encoder_fn(embedder), []
+
+        def encode(role, inputs, inner=inner, seen=calls[setting]):
+            seen.append(inputs["input_ids"].shape[0])
+            return inner(role, inputs)
+
+        encode.role_free, encode.packs = True, inner.packs
+        out = full_batch_step(encode, roles, lambda reps: {"loss": infonce.loss(reps["query"], reps["positive"],
+                                                                                  temperature=0.05)["infonce"]},
+                              lambda loss, last: loss.backward(), adapter=embedder.adapter,
+                              image_token_id=embedder.adapter.image_token_id(embedder.model))
+        losses[setting] = float(out.parts["loss"])
+    assert calls["auto"] == [2 * len(items)]  # every row in one forward, packed
+    assert abs(losses["auto"] - losses["off"]) < 1e-5
+
+
+def test_packing_is_skipped_where_it_cannot_apply(tiny_model_dir_25):
+    embedder = _load(tiny_model_dir_25, attention="block")
+    inputs = embedder.tokenize(_items(), "query")
+    assert embedder.packs(inputs)  # block mode without blocks in the batch is one segment per row
+    assert not embedder.packs({**inputs, "segment_ids": torch.zeros_like(inputs["input_ids"])})
+    embedder.settings.packing = "off"
+    assert not embedder.packs(inputs)
+    with pytest.raises(ValueError, match="packing"):
+        _load(tiny_model_dir_25, packing="sometimes")
+
+
+@pytest.fixture(scope="module")
+def family_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("packing_families")
+    return {family: build_real_layout(root / family, family) for family in FAMILIES}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_packs_and_gets_the_padded_vectors(family_folders, family):
+    """Text rows pack on every family; rows with images where the family's images can move between rows."""
+    embedder = _load(family_folders[family]).eval()
+    texts = [it for it in _items() if not it.has_image]
+    for items in (texts, _items()):
+        inputs = embedder.tokenize(items, "query")
+        with torch.no_grad():
+            embedder.settings.packing = "auto"
+            packed = embedder(inputs).embeddings
+            embedder.settings.packing = "off"
+            padded = embedder(inputs).embeddings
+        assert (packed - padded).abs().max() < 1e-5
+    embedder.settings.packing = "auto"
+    assert embedder.packs(embedder.tokenize(texts, "query"))
+    assert embedder.packs(embedder.tokenize(_items(), "query")) == embedder.adapter.pack_media

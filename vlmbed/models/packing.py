@@ -1,0 +1,130 @@
+"""Padding-free forwards: the rows of a right-padded batch packed into fewer, fuller sequences.
+
+A batch of mixed lengths pads every row to its longest; the language model then computes every pad slot.
+Packing puts several rows one after another in one sequence (first-fit decreasing into sequences no
+longer than the batch's longest row) and keeps them apart with the attention mask: a token sees only tokens
+of its own row (in causal order when the mode is causal), and position ids are the ones each row has on its
+own (computed on the padded batch, then moved), so every row's hidden states are the unpacked ones up to
+floating-point rounding. The hidden states are moved back to the padded layout, so pooling and everything
+after the forward see the batch as it came.
+
+Images: the vision tower runs on the batch's images as before; the families whose images are flat over the
+batch in row order (Qwen-VL: ``pixel_values`` rows, one ``image_grid_thw`` per image) get them reordered to
+follow the packed rows (``FamilyAdapter.packs_rows``). Families whose model adds structure to the mask (Gemma
+3's bidirectional image blocks, sliding windows) or keeps images per row (SmolVLM, LLaVA-OneVision) pack
+text-only batches only.
+
+Used where it saves work: :func:`plan_packing` returns None unless packed slots are at least ``min_saving``
+fewer than the padded ones (equal-length batches run as they are).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Packing", "plan_packing"]
+
+
+@dataclass
+class Packing:
+    """Where every real token of a (B, T) batch goes in the packed (P, L) batch."""
+
+    rows: torch.Tensor  # (N,) source row of each real token
+    cols: torch.Tensor  # (N,) source column
+    prow: torch.Tensor  # (N,) packed row
+    pcol: torch.Tensor  # (N,) packed column
+    order: list[int]  # source rows in packed order (packed row 0's rows first)
+    segment_ids: torch.Tensor  # (P, L) which of its packed row's sequences a token is (-1: padding)
+    shape: tuple[int, int]  # (B, T) of the padded batch
+
+    @property
+    def packed_shape(self) -> tuple[int, int]:
+        return tuple(self.segment_ids.shape)
+
+    def pack(self, x: torch.Tensor, fill: int = 0) -> torch.Tensor:
+        """(..., B, T) per-token values -> (..., P, L); padding slots ``fill``."""
+        lead = x.shape[:-2]
+        out = x.new_full((*lead, *self.packed_shape), fill)
+        out[..., self.prow, self.pcol] = x[..., self.rows, self.cols]
+        return out
+
+    def unpack(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(P, L, d) -> (B, T, d) in the padded layout (zeros at padding; gradients flow back)."""
+        out = hidden.new_zeros((*self.shape, hidden.shape[-1]))
+        return out.index_put((self.rows, self.cols), hidden[self.prow, self.pcol])
+
+    def block_fn(self, causal: bool):
+        """``(batch, head, q, kv) -> bool``: same sequence of the packed row (and kv <= q when ``causal``)."""
+        seg = self.segment_ids
+
+        def fn(batch_idx, head_idx, q_idx, kv_idx):
+            same = (seg[batch_idx, q_idx] == seg[batch_idx, kv_idx]) & (seg[batch_idx, kv_idx] >= 0)
+            return same & (kv_idx <= q_idx) if causal else same
+
+        fn.within_rows = "causal" if causal else "bidirectional"  # the attention each row gets
+        return fn
+
+
+def plan_packing(attention_mask: torch.Tensor, min_saving: float = 0.1) -> Packing | None:
+    """The packing of a right-padded (B, T) batch, or None when it would save less than ``min_saving`` of the
+    padded token slots (or the padding is not on the right)."""
+    mask = attention_mask.bool()
+    b, t = mask.shape
+    lengths = mask.sum(dim=1)  # (B,)
+    if b < 2 or not bool((mask == (torch.arange(t, device=mask.device) < lengths[:, None])).all()):
+        return None
+    lens = lengths.tolist()
+    capacity = max(lens)  # longer packed rows fill better but cost more attention: on CPU no faster
+    bins: list[list[int]] = []  # rows per packed row, first-fit decreasing
+    room: list[int] = []
+    for r in sorted(range(b), key=lambda i: (-lens[i], i)):
+        for k, free in enumerate(room):
+            if lens[r] <= free:
+                bins[k].append(r)
+                room[k] -= lens[r]
+                break
+        else:
+            bins.append([r])
+            room.append(capacity - lens[r])
+    fill = [capacity - free for free in room]
+    p, length = len(bins), max(fill)
+    if p * length > (1 - min_saving) * b * t:
+        return None
+    rows, cols, prow, pcol, seg = [], [], [], [], torch.full((p, length), -1, dtype=torch.long)
+    for k, members in enumerate(bins):
+        start = 0
+        for s, r in enumerate(members):
+            n = lens[r]
+            rows.append(torch.full((n,), r, dtype=torch.long))
+            cols.append(torch.arange(n))
+            prow.append(torch.full((n,), k, dtype=torch.long))
+            pcol.append(torch.arange(start, start + n))
+            seg[k, start : start + n] = s
+            start += n
+    device = attention_mask.device
+    return Packing(*(torch.cat(x).to(device) for x in (rows, cols, prow, pcol)), order=[r for m in bins for r in m],
+                   segment_ids=seg.to(device), shape=(b, t))
+
+
+def packed_inputs(inputs: dict, packing: Packing, adapter, image_token_id: int | None) -> dict:
+    """The processor inputs of the packed batch: per-token tensors packed, ``attention_mask`` of the packed
+    rows, images reordered to follow the packed rows (:meth:`FamilyAdapter.split_media` per row)."""
+    b, t = packing.shape
+    out = {}
+    for key, value in inputs.items():
+        if key in adapter.media_keys:
+            continue
+        if torch.is_tensor(value) and value.dim() == 2 and tuple(value.shape) == (b, t):
+            out[key] = packing.pack(value)
+        else:
+            out[key] = value
+    out["attention_mask"] = (packing.segment_ids >= 0).to(inputs["attention_mask"].dtype)
+    if adapter.has_media(inputs):
+        per_row = adapter.split_media(inputs, [(r, r + 1) for r in range(b)], image_token_id)
+        for key in adapter.media_keys:
+            parts = [per_row[r][key] for r in packing.order if key in per_row[r]]
+            if parts:
+                out[key] = torch.cat(parts, dim=0)
+    return out
