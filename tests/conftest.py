@@ -32,3 +32,18 @@ def embedder(tiny_model_dir):
     from vlmbed.models.embedder import Embedder
 
     return Embedder.from_pretrained(tiny_model_dir, pooling="mean", attention="bidirectional")
+
+
+@pytest.fixture(scope="session")
+def released_folder(tmp_path_factory):
+    """family -> a tiny folder laid out as the family's released checkpoint (tests/real_layout.py), built once."""
+    from real_layout import build_real_layout
+
+    root, built = tmp_path_factory.mktemp("released"), {}
+
+    def get(family: str):
+        if family not in built:
+            built[family] = build_real_layout(root / family, family)
+        return built[family]
+
+    return get

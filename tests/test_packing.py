@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-from real_layout import FAMILIES, build_real_layout
+from real_layout import FAMILIES
 
 from vlmbed.models.packing import plan_packing
 from vlmbed.types import Item
@@ -142,16 +142,10 @@ def test_packing_is_skipped_where_it_cannot_apply(tiny_model_dir_25):
         _load(tiny_model_dir_25, packing="sometimes")
 
 
-@pytest.fixture(scope="module")
-def family_folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("packing_families")
-    return {family: build_real_layout(root / family, family) for family in FAMILIES}
-
-
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_every_family_packs_and_gets_the_padded_vectors(family_folders, family):
+def test_every_family_packs_and_gets_the_padded_vectors(released_folder, family):
     """Text rows pack on every family; rows with images where the family's images can move between rows."""
-    embedder = _load(family_folders[family]).eval()
+    embedder = _load(released_folder(family)).eval()
     texts = [it for it in _items() if not it.has_image]
     for items in (texts, _items()):
         inputs = embedder.tokenize(items, "query")

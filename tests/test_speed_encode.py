@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from real_layout import FAMILIES
 
 from vlmbed.data.images import ImageLoadError
 from vlmbed.models.encode_plan import plan_encode, prefetched, unique_items
@@ -147,3 +148,49 @@ def test_prefetch_only_where_it_overlaps_work(monkeypatch):
     assert encode_plan.prefetch_pays(torch.device("cuda"))
     monkeypatch.setattr(encode_plan.os, "cpu_count", lambda: 16)
     assert encode_plan.prefetch_pays(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_text_batches_reuse_the_plans_ids_and_equal_the_processors(released_folder, family):
+    """The plan tokenises every item once; a text-only batch is built from those ids (checked once against the
+    processor, whose own output that first batch returns) and equals the processor's inputs key for key."""
+    from vlmbed.models.embedder import Embedder
+
+    embedder = Embedder.from_pretrained(released_folder(family), dtype=torch.float32)
+    items = [Item(text="a red square"), Item(text="seven"), Item(text="a chart of sales by month " * 3),
+             Item(text="a digit", instruction="Find: "), Item(text="digit", image=_image(3, 32))]
+    plan = plan_encode(items, "query", embedder.encoder, batch_size=2)
+    texts = [b for b in plan.batches if not any(items[plan.unique[j]].has_image for j in b)]
+    image_batch = next(b for b in plan.batches if b not in texts)
+    assert len(texts) >= 2 and plan.text_batch(embedder.encoder, image_batch) is None
+    for batch in texts:
+        fast = plan.text_batch(embedder.encoder, batch)
+        ref = embedder.tokenize([items[plan.unique[j]] for j in batch], "query")
+        assert set(fast) == set(ref) and all(torch.equal(fast[k], ref[k]) for k in ref), family
+        assert [int(n) for n in ref["attention_mask"].sum(1)] == [int(plan.lengths[j]) for j in batch]
+    assert isinstance(embedder.encoder._text_keys, dict)  # checked, and the fast path taken
+
+
+def test_text_batches_fall_back_where_the_processor_adds_more(embedder):
+    """A processor whose text output has a key that is not all zeros (or other ids) is never bypassed."""
+    encoder = embedder.encoder
+    real = encoder.processor
+
+    class Marking:  # the processor, plus a per-token key that is not zero
+        tokenizer = real.tokenizer
+
+        def __call__(self, **kw):
+            out = dict(real(**kw))
+            out["marks"] = torch.ones_like(out["input_ids"])
+            return out
+
+    encoder.processor = Marking()
+    try:
+        items = [Item(text="seven"), Item(text="a red square")]
+        plan = plan_encode(items, "query", encoder, batch_size=8)
+        first = plan.text_batch(encoder, plan.batches[0])
+        assert "marks" in first and encoder._text_keys is False
+        assert plan.text_batch(encoder, plan.batches[0]) is None  # from now on: the processor
+    finally:
+        encoder.processor = real
+        encoder._text_keys = None

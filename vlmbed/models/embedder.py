@@ -349,8 +349,11 @@ class Embedder(nn.Module):
         self.eval()
         plan = plan_encode(items, role, self.encoder, batch_size)  # distinct items, length-sorted token budgets
         out: list[torch.Tensor | None] = [None] * len(plan.unique)
-        batches = prefetched(lambda idx: self.tokenize([items[plan.unique[j]] for j in idx], role), plan.batches,
-                             ahead=prefetch_pays(self.device))
+        def prepare(idx: list[int]) -> dict:  # text batches from the plan's token ids; else the processor
+            ready = plan.text_batch(self.encoder, idx)
+            return ready if ready is not None else self.tokenize([items[plan.unique[j]] for j in idx], role)
+
+        batches = prefetched(prepare, plan.batches, ahead=prefetch_pays(self.device))
         if show_progress:
             from tqdm.auto import tqdm
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vlmbed.models.inputs import adds_specials
 from vlmbed.types import Item
 
 __all__ = ["EncodePlan", "image_size", "item_lengths", "plan_encode", "prefetch_pays", "prefetched", "unique_items"]
@@ -38,12 +39,23 @@ __all__ = ["EncodePlan", "image_size", "item_lengths", "plan_encode", "prefetch_
 @dataclass
 class EncodePlan:
     """``unique``: the index in the call of each distinct item; ``where`` (N,): for every input, the index of
-    its distinct item; ``batches``: indices into ``unique``; ``lengths``: tokens of each distinct item."""
+    its distinct item; ``batches``: indices into ``unique``; ``lengths``: tokens of each distinct item;
+    ``texts`` / ``ids``: each distinct item's rendered sequence and, for a text-only item, its token ids as
+    the encoder's call makes them (None for an image item), so text batches are not tokenised twice."""
 
     unique: list[int]
     where: np.ndarray
     batches: list[list[int]]
     lengths: np.ndarray
+    texts: list[str] | None = None
+    ids: list[list[int] | None] | None = None
+
+    def text_batch(self, encoder, batch: list[int]) -> dict | None:
+        """Processor inputs of a batch of text-only items from the ids already made (None: the batch has an
+        image, or the encoder's processor makes more than padded ids of text; see ``ItemEncoder.from_ids``)."""
+        if self.ids is None or any(self.ids[j] is None for j in batch):
+            return None
+        return encoder.from_ids([self.texts[j] for j in batch], [self.ids[j] for j in batch])
 
     def padding_fraction(self) -> float:
         """Fraction of the padded token positions of all batches that are padding."""
@@ -98,6 +110,11 @@ def item_lengths(encoder, items: list[Item], role: str) -> np.ndarray:
 
     An image whose header cannot be read counts as 0 image tokens here; encoding it raises the loader's
     error naming the item."""
+    return _measure(encoder, items, role)[0]
+
+
+def _measure(encoder, items: list[Item], role: str) -> tuple[np.ndarray, list[str], list[list[int]]]:
+    """(lengths, rendered texts, token ids with the special tokens the encoder's call adds)."""
     image_tokens = np.zeros(len(items), dtype=np.int64)
     for i, item in enumerate(items):
         if item.has_image and encoder.image_tokens is not None:
@@ -106,10 +123,12 @@ def item_lengths(encoder, items: list[Item], role: str) -> np.ndarray:
             except (OSError, ValueError):
                 image_tokens[i] = 0
     texts = [encoder.format(item, role, int(n)) for item, n in zip(items, image_tokens, strict=True)]
-    ids = encoder.processor.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    specials = adds_specials(encoder.processor, texts)
+    ids = encoder.processor.tokenizer(texts, add_special_tokens=specials)["input_ids"] if texts else []
     text_tokens = np.array([len(x) for x in ids], dtype=np.int64)
     has_image = np.array([it.has_image for it in items], dtype=bool)
-    return text_tokens + np.where(has_image & (image_tokens > 0), image_tokens - 1, 0)  # one pad token expands
+    lengths = text_tokens + np.where(has_image & (image_tokens > 0), image_tokens - 1, 0)  # one pad token expands
+    return lengths, texts, ids
 
 
 def plan_encode(items: list[Item], role: str, encoder, batch_size: int, max_tokens: int | None = None,
@@ -122,14 +141,15 @@ def plan_encode(items: list[Item], role: str, encoder, batch_size: int, max_toke
     else:
         first, where = list(range(len(items))), np.arange(len(items))
     distinct = [items[i] for i in first]
-    lengths = item_lengths(encoder, distinct, role) if distinct else np.zeros(0, dtype=np.int64)
+    lengths, texts, ids = _measure(encoder, distinct, role) if distinct else (np.zeros(0, dtype=np.int64), [], [])
     budget = max_tokens or (batch_size * max(1, int(np.median(lengths))) if len(lengths) else 1)
     batches: list[list[int]] = []
     for with_image in (False, True):
         members = [j for j, it in enumerate(distinct) if it.has_image == with_image]
         members.sort(key=lambda j: (int(lengths[j]), j))
         batches += _pack(members, lengths, batch_size, budget)
-    return EncodePlan(first, where, batches, lengths)
+    ids = [None if it.has_image else x for it, x in zip(distinct, ids, strict=True)]
+    return EncodePlan(first, where, batches, lengths, texts, ids)
 
 
 def _pack(order: list[int], lengths: np.ndarray, batch_size: int, budget: int) -> list[list[int]]:

@@ -39,6 +39,8 @@ class ItemEncoder:
     max_length: int | None = None  # tokens per sequence, image tokens counted
     image_tokens: Callable[[int, int], int] | None = None  # (width, height) -> language-model image tokens
     chat_parts: bool = False  # chat messages as typed parts (the family's chat template reads no plain strings)
+    # from_ids: None until checked against the processor; then the zero-filled keys it adds to text, or False
+    _text_keys: dict | bool | None = field(default=None, init=False, repr=False, compare=False)
 
     def format(self, item: Item, role: str, image_tokens: int = 0) -> str:
         """The sequence text of ``item`` for ``role``; ``image_tokens``: the item's image's tokens (for the
@@ -60,7 +62,7 @@ class ItemEncoder:
 
     def _count(self, text: str) -> int:
         """Tokens of ``text`` as the processor call makes them (with the BOS the tokenizer adds, if any)."""
-        specials = _adds_specials(self.processor, [text])
+        specials = adds_specials(self.processor, [text])
         return len(self.processor.tokenizer(text, add_special_tokens=specials)["input_ids"])
 
     def _text_budget(self, item: Item, role: str, image_tokens: int) -> int | None:
@@ -92,9 +94,35 @@ class ItemEncoder:
         texts = [self.format(item, role, self._image_tokens(next(sizes)) if item.has_image else 0) for item in items]
         enc = self.processor(
             text=texts, images=images or None, padding=True, return_tensors="pt", padding_side="right",
-            add_special_tokens=_adds_specials(self.processor, texts),
+            add_special_tokens=adds_specials(self.processor, texts),
         )
         return dict(enc)
+
+    def from_ids(self, texts: list[str], ids: list[list[int]]) -> dict | None:
+        """Processor inputs of text-only sequences ``texts`` from their token ids (made with the special tokens
+        the processor call adds): right-padded ids, the attention mask, and the all-zero per-token keys the
+        processor adds to text (``mm_token_type_ids``). Checked once against the processor's own output (that
+        batch returns the processor's); None from then on where they differ."""
+        if self._text_keys is False:
+            return None
+        tok = self.processor.tokenizer
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), tok.pad_token_id if tok.pad_token_id is not None else 0,
+                               dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, x in enumerate(ids):
+            input_ids[row, : len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[row, : len(x)] = 1
+        out = {"input_ids": input_ids, "attention_mask": mask}
+        if self._text_keys is None:
+            ref = dict(self.processor(text=texts, padding=True, return_tensors="pt", padding_side="right",
+                                      add_special_tokens=adds_specials(self.processor, texts)))
+            extra = {k: v.dtype for k, v in ref.items() if k not in out and torch.is_tensor(v) and v.shape == mask.shape
+                     and not v.any()}
+            same = set(ref) == set(out) | set(extra) and all(torch.equal(ref[k], out[k]) for k in out)
+            self._text_keys = extra if same else False
+            return ref
+        return {**out, **{k: torch.zeros_like(mask, dtype=dtype) for k, dtype in self._text_keys.items()}}
 
     def _image_tokens(self, image) -> int:
         if not self.max_length or self.image_tokens is None:
@@ -102,7 +130,7 @@ class ItemEncoder:
         return int(self.image_tokens(*image.size))
 
 
-def _adds_specials(processor, texts: list[str]) -> bool:
+def adds_specials(processor, texts: list[str]) -> bool:
     """Whether the tokenizer adds its special tokens (Gemma's BOS) to ``texts``: not when they already start
     with its BOS (a chat template wrote it), as transformers' processor ``apply_chat_template`` decides."""
     bos = processor.tokenizer.bos_token
