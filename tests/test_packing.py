@@ -31,6 +31,13 @@ def test_plan_is_first_fit_decreasing_and_round_trips():
     assert torch.equal(plan.pack(pos)[1], plan.pack(x + 100))
 
 
+def test_packed_rows_may_be_longer_than_the_longest_where_they_fill_better():
+    mask = _mask([4, 3, 3, 3, 3, 3, 3], 4)  # rows of 4: nothing saved; rows of 6: [4], [3, 3] x 3
+    plan = plan_packing(mask, hidden_size=4096)
+    assert plan is not None and plan.packed_shape == (4, 6)
+    assert plan_packing(mask, hidden_size=1) is None  # attention's cost outweighs the fuller rows
+
+
 def test_no_plan_where_packing_saves_nothing_or_padding_is_not_on_the_right():
     assert plan_packing(_mask([4, 4, 4], 4)) is None  # equal lengths
     assert plan_packing(_mask([4, 3, 4], 4)) is None  # 1 slot of 12 saved at most

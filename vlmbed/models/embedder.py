@@ -303,7 +303,7 @@ class Embedder(nn.Module):
         at least 10% of the token slots)."""
         if block_fn is not None or not self.packs(inputs, mode):
             return None
-        return plan_packing(inputs["attention_mask"])
+        return plan_packing(inputs["attention_mask"], hidden_size=self.hidden_size)
 
     def add_patch_decoder(self, patch_dim: int, merge: int = 2) -> None:
         """Attach MoCa's patch decoder (a copy of the middle LM layer + linear head); training only."""

@@ -1,8 +1,8 @@
 """Padding-free forwards: the rows of a right-padded batch packed into fewer, fuller sequences.
 
 A batch of mixed lengths pads every row to its longest; the language model then computes every pad slot.
-Packing puts several rows one after another in one sequence (first-fit decreasing into sequences no
-longer than the batch's longest row) and keeps them apart with the attention mask: a token sees only tokens
+Packing puts several rows one after another in one sequence (first-fit decreasing into sequences of a
+length chosen per batch) and keeps them apart with the attention mask: a token sees only tokens
 of its own row (in causal order when the mode is causal), and position ids are the ones each row has on its
 own (computed on the padded batch, then moved), so every row's hidden states are the unpacked ones up to
 floating-point rounding. The hidden states are moved back to the padded layout, so pooling and everything
@@ -14,8 +14,9 @@ follow the packed rows (``FamilyAdapter.packs_rows``). Families whose model adds
 3's bidirectional image blocks, sliding windows) or keeps images per row (SmolVLM, LLaVA-OneVision) pack
 text-only batches only.
 
-Used where it saves work: :func:`plan_packing` returns None unless packed slots are at least ``min_saving``
-fewer than the padded ones (equal-length batches run as they are).
+Used where it saves work: :func:`plan_packing` returns None unless the packed batch costs at least
+``min_saving`` less than the padded one (equal-length batches run as they are); packed rows may be longer
+than the longest row (up to twice) where that fills them better for less than it adds to attention.
 """
 
 from __future__ import annotations
@@ -67,30 +68,31 @@ class Packing:
         return fn
 
 
-def plan_packing(attention_mask: torch.Tensor, min_saving: float = 0.1) -> Packing | None:
+CAPACITIES = (1.0, 1.25, 1.5, 2.0)  # packed row lengths tried, in units of the batch's longest row
+
+
+def plan_packing(attention_mask: torch.Tensor, min_saving: float = 0.1, hidden_size: int | None = None) -> Packing | None:
     """The packing of a right-padded (B, T) batch, or None when it would save less than ``min_saving`` of the
-    padded token slots (or the padding is not on the right)."""
+    padded batch's cost (or the padding is not on the right).
+
+    Rows go first-fit decreasing into packed rows of a capacity from :data:`CAPACITIES` x the longest row, the
+    one of least cost: token slots x (1 + L / (3 x ``hidden_size``)) for packed rows of length L (attention
+    grows with L: its FLOPs per token are L / (6 x hidden) of the matmuls', and masked attention kernels run
+    at about half the matmul rate on CPU); without ``hidden_size``, token slots alone."""
     mask = attention_mask.bool()
     b, t = mask.shape
     lengths = mask.sum(dim=1)  # (B,)
     if b < 2 or not bool((mask == (torch.arange(t, device=mask.device) < lengths[:, None])).all()):
         return None
     lens = lengths.tolist()
-    capacity = max(lens)  # longer packed rows fill better but cost more attention: on CPU no faster
-    bins: list[list[int]] = []  # rows per packed row, first-fit decreasing
-    room: list[int] = []
-    for r in sorted(range(b), key=lambda i: (-lens[i], i)):
-        for k, free in enumerate(room):
-            if lens[r] <= free:
-                bins[k].append(r)
-                room[k] -= lens[r]
-                break
-        else:
-            bins.append([r])
-            room.append(capacity - lens[r])
-    fill = [capacity - free for free in room]
-    p, length = len(bins), max(fill)
-    if p * length > (1 - min_saving) * b * t:
+
+    def cost(rows: int, length: int) -> float:
+        return rows * length * (1 + length / (3 * hidden_size) if hidden_size else 1)
+
+    options = [_first_fit(lens, int(f * max(lens))) for f in CAPACITIES]
+    bins = min(options, key=lambda o: cost(len(o), max(sum(lens[r] for r in m) for m in o)))
+    p, length = len(bins), max(sum(lens[r] for r in m) for m in bins)
+    if cost(p, length) > (1 - min_saving) * cost(b, t):
         return None
     rows, cols, prow, pcol, seg = [], [], [], [], torch.full((p, length), -1, dtype=torch.long)
     for k, members in enumerate(bins):
@@ -106,6 +108,22 @@ def plan_packing(attention_mask: torch.Tensor, min_saving: float = 0.1) -> Packi
     device = attention_mask.device
     return Packing(*(torch.cat(x).to(device) for x in (rows, cols, prow, pcol)), order=[r for m in bins for r in m],
                    segment_ids=seg.to(device), shape=(b, t))
+
+
+def _first_fit(lens: list[int], capacity: int) -> list[list[int]]:
+    """Rows (indices into ``lens``) per packed row: first-fit decreasing into rows of ``capacity`` tokens."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for r in sorted(range(len(lens)), key=lambda i: (-lens[i], i)):
+        for k, free in enumerate(room):
+            if lens[r] <= free:
+                bins[k].append(r)
+                room[k] -= lens[r]
+                break
+        else:
+            bins.append([r])
+            room.append(capacity - lens[r])
+    return bins
 
 
 def packed_inputs(inputs: dict, packing: Packing, adapter, image_token_id: int | None) -> dict:
