@@ -165,3 +165,20 @@ def test_every_family_packs_and_gets_the_padded_vectors(released_folder, family)
     embedder.settings.packing = "auto"
     assert embedder.packs(embedder.tokenize(texts, "query"))
     assert embedder.packs(embedder.tokenize(_items(), "query")) == embedder.adapter.pack_media
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_direct_masks_equal_the_mask_interfaces(impl, causal):
+    """The dense masks packing builds itself are exactly what transformers' mask interface makes of block_fn."""
+    from transformers import Qwen2_5_VLConfig
+
+    from vlmbed.models.attention import build_attention_masks
+
+    config = Qwen2_5_VLConfig().get_text_config()
+    config._attn_implementation = impl
+    plan = plan_packing(_mask([9, 2, 5, 7, 1, 3, 8, 4], 9))
+    fast = plan.masks(config, torch.float32, causal)["full_attention"]
+    ref = build_attention_masks("block", config, (plan.segment_ids >= 0).long(), torch.float32,
+                                block_fn=plan.block_fn(causal))["full_attention"]
+    assert fast.dtype == ref.dtype and torch.equal(fast, ref)

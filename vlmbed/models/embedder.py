@@ -256,8 +256,7 @@ class Embedder(nn.Module):
         packing = self._packing(inputs, mode, block_fn) if masked_units is None else None
         if packing is not None:  # several rows per sequence, kept apart by the mask (vlmbed.models.packing)
             packed = packed_inputs(inputs, packing, self.adapter, self.adapter.image_token_id(self.model))
-            packed_masks = build_attention_masks("block", text_config, packed["attention_mask"], self.dtype,
-                                                 block_fn=packing.block_fn(causal=mode == "causal"))
+            packed_masks = packing.masks(text_config, self.dtype, causal=mode == "causal")
             hidden = self.adapter.hidden_states(self.model, packed, packed_masks, packing.pack(pos_ids))  # (P, L, d)
             hidden = packing.unpack(hidden)  # (B, T, d)
         masks = build_attention_masks(mode, text_config, mask, self.dtype, block_fn=block_fn)  # the batch's own

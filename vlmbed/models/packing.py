@@ -56,6 +56,25 @@ class Packing:
         out = hidden.new_zeros((*self.shape, hidden.shape[-1]))
         return out.index_put((self.rows, self.cols), hidden[self.prow, self.pcol])
 
+    def masks(self, text_config, dtype: torch.dtype, causal: bool) -> dict:
+        """The per-layer-type masks of the packed batch (:func:`~vlmbed.models.attention.build_attention_masks`
+        with :meth:`block_fn`), built directly where the format is a plain dense mask (sdpa: bool, eager:
+        additive; no sliding layers), which is what the mask interface makes of it at a fraction of the cost."""
+        from vlmbed.models.attention import LayerMasks, _sliding_window, build_attention_masks
+
+        impl = getattr(text_config, "_attn_implementation", None)
+        if impl not in ("sdpa", "eager") or _sliding_window(text_config) is not None:
+            return build_attention_masks("block", text_config, (self.segment_ids >= 0).long(), dtype,
+                                         block_fn=self.block_fn(causal))
+        seg = self.segment_ids  # (P, L)
+        allowed = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] >= 0)  # (P, L, L) query x key
+        if causal:
+            allowed &= torch.ones(seg.shape[1], seg.shape[1], dtype=torch.bool, device=seg.device).tril()
+        mask = allowed[:, None]  # (P, 1, L, L)
+        if impl == "eager":
+            mask = torch.zeros(mask.shape, dtype=dtype, device=seg.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return LayerMasks({"full_attention": mask, "sliding_attention": mask}, "block")
+
     def block_fn(self, causal: bool):
         """``(batch, head, q, kv) -> bool``: same sequence of the packed row (and kv <= q when ``causal``)."""
         seg = self.segment_ids
