@@ -169,16 +169,27 @@ def test_every_family_packs_and_gets_the_padded_vectors(released_folder, family)
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 @pytest.mark.parametrize("causal", [True, False])
-def test_direct_masks_equal_the_mask_interfaces(impl, causal):
-    """The dense masks packing builds itself are exactly what transformers' mask interface makes of block_fn."""
+def test_dense_block_masks_equal_the_mask_interfaces(impl, causal):
+    """Block functions that give their dense matrix (packing's, blocks.block_mask_fn's: CoCoA, MuCo) get masks
+    built from it directly: exactly what transformers' mask interface makes of the function element-wise."""
     from transformers import Qwen2_5_VLConfig
 
     from vlmbed.models.attention import build_attention_masks
+    from vlmbed.models.blocks import block_mask_fn
 
     config = Qwen2_5_VLConfig().get_text_config()
     config._attn_implementation = impl
-    plan = plan_packing(_mask([9, 2, 5, 7, 1, 3, 8, 4], 9))
-    fast = plan.masks(config, torch.float32, causal)["full_attention"]
-    ref = build_attention_masks("block", config, (plan.segment_ids >= 0).long(), torch.float32,
-                                block_fn=plan.block_fn(causal))["full_attention"]
-    assert fast.dtype == ref.dtype and torch.equal(fast, ref)
+    g = torch.Generator().manual_seed(0)
+    segments = torch.randint(0, 3, (4, 10), generator=g).sort(dim=1).values
+    padding = _mask([10, 7, 9, 4], 10)
+    segments[padding == 0] = -1
+    visibility = torch.rand((4, 3, 3), generator=g) > 0.4
+    packed = plan_packing(_mask([9, 2, 5, 7, 1, 3, 8, 4], 9))
+    cases = [(block_mask_fn(segments, visibility, causal=causal), padding),
+             (packed.block_fn(causal), (packed.segment_ids >= 0).long())]
+    for fn, mask in cases:
+        fast = build_attention_masks("block", config, mask, torch.float32, block_fn=fn)["full_attention"]
+        ref = build_attention_masks("block", config, mask, torch.float32,
+                                    block_fn=lambda *idx, fn=fn: fn(*idx))["full_attention"]  # no .dense
+        assert fast.dtype == ref.dtype and torch.equal(fast, ref)
+    assert torch.equal(packed.masks(config, torch.float32, causal)["full_attention"], fast)

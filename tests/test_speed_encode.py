@@ -23,7 +23,8 @@ def _image(seed: int, size: int = 16) -> Image.Image:
 
 
 def _rows_through_model(embedder):
-    """A forward hook on the language model counting the rows it runs."""
+    """A forward hook on the language model counting the rows it runs (packing off: one row per item)."""
+    embedder.settings.packing = "off"
     seen = []
     hook = embedder.adapter.language_model(embedder.model).register_forward_hook(
         lambda _m, _a, kw, _o: seen.append(int(kw["input_ids"].shape[0] if kw.get("input_ids") is not None

@@ -2,7 +2,9 @@
 
 ``causal`` is the backbone's own mask; ``bidirectional`` lets every token see every non-pad token;
 ``block`` takes a per-sample mask function (CoCoA's collaborative mask, MuCo's per-turn masks):
-``block_fn(batch_idx, head_idx, q_idx, kv_idx) -> bool`` intersected with the padding mask.
+``block_fn(batch_idx, head_idx, q_idx, kv_idx) -> bool`` intersected with the padding mask (a function that
+also gives its whole (B, T, T) matrix as ``block_fn.dense()`` gets the sdpa / eager mask built from that
+directly, the same mask at a fraction of the cost).
 The result is the per-layer-type mapping (``full_attention`` / ``sliding_attention``) the text models accept
 in place of a 2-D mask, materialised in the format of the model's attention implementation (sdpa, eager,
 flex). Models with sliding-window layers (Gemma 3: ``layer_types``, ``sliding_window`` w) get a second mask
@@ -51,6 +53,9 @@ def build_attention_masks(
     else:
         if block_fn is None:
             raise ValueError("attention mode 'block' needs a block_fn (batch, head, q, kv) -> bool")
+        direct = _dense_block_masks(block_fn, text_config, attention_mask, dtype)
+        if direct is not None:
+            return direct
         mask = create_bidirectional_mask(
             config=text_config, inputs_embeds=shape_only, attention_mask=attention_mask,
             and_mask_function=block_fn, allow_is_bidirectional_skip=False,
@@ -60,6 +65,21 @@ def build_attention_masks(
     if window is not None:
         masks["sliding_attention"] = _sliding_mask(mode, text_config, shape_only, attention_mask, window, block_fn)
     return LayerMasks(masks, mode)
+
+
+def _dense_block_masks(block_fn, text_config, attention_mask: torch.Tensor, dtype: torch.dtype):
+    """Block masks built straight from a block function's dense form (``block_fn.dense()`` -> (B, T, T) bool,
+    query x key), for the plain dense formats (sdpa: bool, eager: additive) and no sliding layers: exactly what
+    the mask interface makes of the function (kv padding intersected), without calling it per element. None
+    where that does not apply."""
+    dense = getattr(block_fn, "dense", None)
+    impl = getattr(text_config, "_attn_implementation", None)
+    if dense is None or impl not in ("sdpa", "eager") or _sliding_window(text_config) is not None:
+        return None
+    mask = (dense() & attention_mask.bool()[:, None, :])[:, None]  # (B, 1, T, T)
+    if impl == "eager":
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return LayerMasks({"full_attention": mask, "sliding_attention": mask}, "block")
 
 
 class LayerMasks(dict):

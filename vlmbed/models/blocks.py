@@ -34,6 +34,15 @@ def block_mask_fn(segment_ids: torch.Tensor, visibility: torch.Tensor, causal: b
         ok = vis[batch_idx, sq, sk] & (seg[batch_idx, q_idx] >= 0) & (seg[batch_idx, kv_idx] >= 0)
         return ok & (kv_idx <= q_idx) if causal else ok
 
+    def dense() -> torch.Tensor:
+        """The whole (B, T, T) matrix of ``fn`` (query x key)."""
+        rows = torch.arange(seg.shape[0], device=seg.device)[:, None, None]
+        ok = vis[rows, safe[:, :, None], safe[:, None, :]] & (seg >= 0)[:, :, None] & (seg >= 0)[:, None, :]
+        if causal:
+            ok &= torch.ones(seg.shape[1], seg.shape[1], dtype=torch.bool, device=seg.device).tril()
+        return ok
+
+    fn.dense = dense
     return fn
 
 

@@ -57,32 +57,19 @@ class Packing:
         return out.index_put((self.rows, self.cols), hidden[self.prow, self.pcol])
 
     def masks(self, text_config, dtype: torch.dtype, causal: bool) -> dict:
-        """The per-layer-type masks of the packed batch (:func:`~vlmbed.models.attention.build_attention_masks`
-        with :meth:`block_fn`), built directly where the format is a plain dense mask (sdpa: bool, eager:
-        additive; no sliding layers), which is what the mask interface makes of it at a fraction of the cost."""
-        from vlmbed.models.attention import LayerMasks, _sliding_window, build_attention_masks
+        """The per-layer-type masks of the packed batch: :meth:`block_fn` through
+        :func:`~vlmbed.models.attention.build_attention_masks` (built from its dense form where it can)."""
+        from vlmbed.models.attention import build_attention_masks
 
-        impl = getattr(text_config, "_attn_implementation", None)
-        if impl not in ("sdpa", "eager") or _sliding_window(text_config) is not None:
-            return build_attention_masks("block", text_config, (self.segment_ids >= 0).long(), dtype,
-                                         block_fn=self.block_fn(causal))
-        seg = self.segment_ids  # (P, L)
-        allowed = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] >= 0)  # (P, L, L) query x key
-        if causal:
-            allowed &= torch.ones(seg.shape[1], seg.shape[1], dtype=torch.bool, device=seg.device).tril()
-        mask = allowed[:, None]  # (P, 1, L, L)
-        if impl == "eager":
-            mask = torch.zeros(mask.shape, dtype=dtype, device=seg.device).masked_fill(~mask, torch.finfo(dtype).min)
-        return LayerMasks({"full_attention": mask, "sliding_attention": mask}, "block")
+        return build_attention_masks("block", text_config, (self.segment_ids >= 0).long(), dtype,
+                                     block_fn=self.block_fn(causal))
 
     def block_fn(self, causal: bool):
         """``(batch, head, q, kv) -> bool``: same sequence of the packed row (and kv <= q when ``causal``)."""
-        seg = self.segment_ids
+        from vlmbed.models.blocks import block_mask_fn
 
-        def fn(batch_idx, head_idx, q_idx, kv_idx):
-            same = (seg[batch_idx, q_idx] == seg[batch_idx, kv_idx]) & (seg[batch_idx, kv_idx] >= 0)
-            return same & (kv_idx <= q_idx) if causal else same
-
+        eye = torch.eye(int(self.segment_ids.max()) + 1, dtype=torch.bool, device=self.segment_ids.device)
+        fn = block_mask_fn(self.segment_ids, eye.expand(self.segment_ids.shape[0], -1, -1), causal=causal)
         fn.within_rows = "causal" if causal else "bidirectional"  # the attention each row gets
         return fn
 
