@@ -67,6 +67,11 @@ def build_attention_masks(
     return LayerMasks(masks, mode)
 
 
+def uses_flash_attention(text_config) -> bool:
+    """Whether the text model runs a flash-attention kernel (which takes no per-sample mask)."""
+    return "flash" in str(getattr(text_config, "_attn_implementation", ""))
+
+
 def _dense_block_masks(block_fn, text_config, attention_mask: torch.Tensor, dtype: torch.dtype):
     """Block masks built straight from a block function's dense form (``block_fn.dense()`` -> (B, T, T) bool,
     query x key), for the plain dense formats (sdpa: bool, eager: additive) and no sliding layers: exactly what

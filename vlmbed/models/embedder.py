@@ -18,7 +18,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from vlmbed.models.adapters import BACKBONES, adapter_for, preset_settings
-from vlmbed.models.attention import ATTENTION_MODES, build_attention_masks
+from vlmbed.models.attention import ATTENTION_MODES, build_attention_masks, uses_flash_attention
 from vlmbed.models.blocks import SEGMENT_KEYS, block_mask_fn
 from vlmbed.models.encode_plan import plan_encode, prefetch_pays, prefetched
 from vlmbed.models.heads import PatchDecoder, mlm_logits
@@ -245,7 +245,7 @@ class Embedder(nn.Module):
             block_fn = block_mask_fn(segments[0], segments[1], causal=self.settings.block_causal)
         elif mode == "block" and block_fn is None:  # no blocks in this batch: one segment per row
             mode = "causal" if self.settings.block_causal else "bidirectional"
-        if "flash" in str(getattr(text_config, "_attn_implementation", "")):
+        if uses_flash_attention(text_config):
             if mode == "block":
                 raise ValueError("block attention masks need attn_implementation sdpa, eager or flex_attention "
                                  "(flash attention cannot take a per-sample mask)")
@@ -293,7 +293,7 @@ class Embedder(nn.Module):
         mode = attention or self.settings.attention
         if self.settings.packing != "auto" or (mode == "block" and inputs.get("segment_ids") is not None):
             return False
-        if "flash" in str(getattr(self.adapter.text_config(self.model), "_attn_implementation", "")):
+        if uses_flash_attention(self.adapter.text_config(self.model)):
             return False
         return self.adapter.pack_media or not self.adapter.has_media(inputs)
 

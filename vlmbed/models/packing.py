@@ -10,7 +10,7 @@ after the forward see the batch as it came.
 
 Images: the vision tower runs on the batch's images as before; the families whose images are flat over the
 batch in row order (Qwen-VL: ``pixel_values`` rows, one ``image_grid_thw`` per image) get them reordered to
-follow the packed rows (``FamilyAdapter.packs_rows``). Families whose model adds structure to the mask (Gemma
+follow the packed rows (``FamilyAdapter.pack_media``). Families whose model adds structure to the mask (Gemma
 3's bidirectional image blocks, sliding windows) or keeps images per row (SmolVLM, LLaVA-OneVision) pack
 text-only batches only.
 
@@ -95,9 +95,12 @@ def plan_packing(attention_mask: torch.Tensor, min_saving: float = 0.1, hidden_s
     def cost(rows: int, length: int) -> float:
         return rows * length * (1 + length / (3 * hidden_size) if hidden_size else 1)
 
-    options = [_first_fit(lens, int(f * max(lens))) for f in CAPACITIES]
-    bins = min(options, key=lambda o: cost(len(o), max(sum(lens[r] for r in m) for m in o)))
-    p, length = len(bins), max(sum(lens[r] for r in m) for m in bins)
+    options = []  # (packed rows, their length = the fullest one's tokens) per capacity
+    for f in CAPACITIES:
+        bins = _first_fit(lens, int(f * max(lens)))
+        options.append((bins, max(sum(lens[r] for r in m) for m in bins)))
+    bins, length = min(options, key=lambda o: cost(len(o[0]), o[1]))
+    p = len(bins)
     if cost(p, length) > (1 - min_saving) * cost(b, t):
         return None
     rows, cols, prow, pcol, seg = [], [], [], [], torch.full((p, length), -1, dtype=torch.long)
