@@ -149,6 +149,19 @@ def test_packing_is_skipped_where_it_cannot_apply(tiny_model_dir_25):
         _load(tiny_model_dir_25, packing="sometimes")
 
 
+def test_training_steps_ask_whether_these_rows_will_pack(tiny_model_dir_25):
+    """A step cuts rows into length-sorted forwards unless the model will pack them: the encoder's ``packs``
+    is the model's :meth:`will_pack` (the packing saves enough), not only whether it could pack."""
+    from vlmbed.train.loop import encoder_fn
+
+    embedder = _load(tiny_model_dir_25)
+    equal = embedder.tokenize([Item(text="w " * 6) for _ in range(4)], "query")
+    mixed = embedder.tokenize([Item(text="w " * k) for k in (1, 1, 1, 12)], "query")
+    assert embedder.packs(equal) and not embedder.will_pack(equal)  # nothing to gain from packing equal rows
+    assert embedder.will_pack(mixed)
+    assert encoder_fn(embedder).packs(equal) is False and encoder_fn(embedder).packs(mixed) is True
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_packs_and_gets_the_padded_vectors(released_folder, family):
     """Text rows pack on every family; rows with images where the family's images can move between rows."""

@@ -20,6 +20,7 @@ from transformers.utils import ModelOutput
 from vlmbed.models.adapters import BACKBONES, adapter_for, preset_settings
 from vlmbed.models.attention import ATTENTION_MODES, build_attention_masks, uses_flash_attention
 from vlmbed.models.blocks import SEGMENT_KEYS, block_mask_fn
+from vlmbed.models.cpu_memory import keep_freed_memory
 from vlmbed.models.encode_plan import plan_encode, prefetch_pays, prefetched
 from vlmbed.models.heads import PatchDecoder, mlm_logits
 from vlmbed.models.inputs import DEFAULT_TEMPLATES, ItemEncoder
@@ -117,6 +118,8 @@ class Embedder(nn.Module):
             image_tokens=lambda width, height: self.adapter.image_tokens(processor, width, height),
             chat_parts=self.adapter.chat_parts,
         )
+        if next(model.parameters()).device.type == "cpu":
+            keep_freed_memory()  # activations reuse freed memory instead of page-faulting it back in every step
 
     # ----------------------------------------------------------------- vlmbed's own tokens
     @property
@@ -296,6 +299,10 @@ class Embedder(nn.Module):
         if uses_flash_attention(self.adapter.text_config(self.model)):
             return False
         return self.adapter.pack_media or not self.adapter.has_media(inputs)
+
+    def will_pack(self, inputs: dict, attention: str | None = None) -> bool:
+        """Whether a forward of ``inputs`` packs their rows: :meth:`packs`, and the packing saves enough."""
+        return self._packing(inputs, attention or self.settings.attention, None) is not None
 
     def _packing(self, inputs: dict, mode: str, block_fn) -> Packing | None:
         """The packing of this forward's rows, or None (see :meth:`packs`; also None where it would not save

@@ -113,7 +113,7 @@ def encoder_fn(model):
 
     encode.role_free = True  # every role is encoded alike: a step may join the roles' rows into one batch
     inner = getattr(model, "module", model)  # under DDP, the Embedder
-    encode.packs = getattr(inner, "packs", None)  # inputs -> whether the model packs their rows (no padding)
+    encode.packs = getattr(inner, "will_pack", None)  # inputs -> whether the model packs their rows (no padding)
     return encode
 
 
