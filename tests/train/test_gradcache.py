@@ -132,6 +132,31 @@ def test_plain_step_of_mixed_lengths_runs_length_sorted_forwards(f32_embedder, m
     _assert_same(one_grads, grads)
 
 
+@pytest.mark.parametrize("embed_chunk", [None, 8])
+def test_gradcache_computes_position_ids_once_per_step(f32_embedder, monkeypatch, embed_chunk):
+    """M-RoPE position ids (a Python loop over rows) are computed once for the step's rows; the gradient-free
+    forwards and the replay's chunks read them, with the loss and gradients of computing them per forward."""
+    batch = train_batch(f32_embedder, digits_examples(per_task=3), num_negatives=0)
+    objectives = [InfoNCEConfig(temperature=0.05)]
+    assert f32_embedder.adapter.costly_positions
+    baseline = _run_without_shared_positions(f32_embedder, batch, objectives, monkeypatch)
+    calls = []
+    position_ids = f32_embedder.adapter.position_ids
+    monkeypatch.setattr(f32_embedder.adapter, "position_ids",
+                        lambda model, inputs: calls.append(inputs["input_ids"].shape[0]) or position_ids(model, inputs))
+    parts, grads = _run(f32_embedder, batch, objectives, 2, embed_chunk=embed_chunk)
+    rows = batch["query"]["input_ids"].shape[0] + batch["positive"]["input_ids"].shape[0]
+    assert calls == [rows]  # once, for every row of both roles; not once per chunk
+    assert abs(float(parts["loss"]) - float(baseline[0]["loss"])) < 1e-5
+    _assert_same(baseline[1], grads)
+
+
+def _run_without_shared_positions(embedder, batch, objectives, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(type(embedder), "with_position_ids", lambda self, inputs: inputs)
+        return _run(embedder, batch, objectives, 2)
+
+
 @pytest.mark.parametrize("chunk", [None, 2])
 def test_joined_roles_of_text_queries_and_image_positives(f32_embedder, chunk):
     """Text-only queries (no mm_token_type_ids in their inputs) joined with image positives: the images stay

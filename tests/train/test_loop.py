@@ -139,3 +139,22 @@ def test_fused_adamw_updates_as_the_per_tensor_loop():
             opt.step()
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+
+
+def test_loss_and_example_counts_are_gathered_only_on_logged_steps(tiny_model_dir, tmp_path, monkeypatch):
+    """Averaging the loss over processes and counting examples (a collective and a host sync each) happen on
+    the steps that log, not on every step; the logged values are the ones of those steps."""
+    from vlmbed import dist
+    from vlmbed.train import loop
+
+    calls = {"parts": 0, "sizes": 0}
+    real_parts, real_sizes = loop.global_mean_parts, dist.gather_sizes
+    monkeypatch.setattr(loop, "global_mean_parts", lambda parts: calls.__setitem__("parts", calls["parts"] + 1)
+                        or real_parts(parts))
+    monkeypatch.setattr(dist, "gather_sizes", lambda n: calls.__setitem__("sizes", calls["sizes"] + 1)
+                        or real_sizes(n))
+    (run,) = train(_recipe(tiny_model_dir, tmp_path, max_steps=6, log_every=4))
+    rows = [json.loads(line) for line in (run.stage_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 6]  # every 4th step and the last
+    assert calls == {"parts": 2, "sizes": 2}
+    assert run.result.final_loss == rows[-1]["loss"] and rows[-1]["examples_per_s"] > 0

@@ -23,7 +23,7 @@ from vlmbed.models.blocks import SEGMENT_KEYS, block_mask_fn
 from vlmbed.models.cpu_memory import keep_freed_memory
 from vlmbed.models.encode_plan import plan_encode, prefetch_pays, prefetched
 from vlmbed.models.heads import PatchDecoder, mlm_logits
-from vlmbed.models.inputs import DEFAULT_TEMPLATES, ItemEncoder
+from vlmbed.models.inputs import DEFAULT_TEMPLATES, ROW_POSITIONS, ItemEncoder
 from vlmbed.models.packing import Packing, packed_inputs, plan_packing
 from vlmbed.models.pooling import POOLING, at_positions, last_marked, marked_positions
 from vlmbed.models.tokens import add_tokens, require_id, role_tokens, token_id
@@ -253,7 +253,8 @@ class Embedder(nn.Module):
                 raise ValueError("block attention masks need attn_implementation sdpa, eager or flex_attention "
                                  "(flash attention cannot take a per-sample mask)")
             self.adapter.set_causal(self.model, mode == "causal")
-        pos_ids = self.adapter.position_ids(self.model, inputs)  # (3, B, T)
+        given = inputs.pop(ROW_POSITIONS, None)  # (B, 3, T) from with_position_ids, or None
+        pos_ids = given.transpose(0, 1) if given is not None else self.adapter.position_ids(self.model, inputs)
         if offsets is not None:
             pos_ids = pos_ids - offsets.to(pos_ids.device, pos_ids.dtype)  # (3, B, T) - (B, T)
         packing = self._packing(inputs, mode, block_fn) if masked_units is None else None
@@ -299,6 +300,16 @@ class Embedder(nn.Module):
         if uses_flash_attention(self.adapter.text_config(self.model)):
             return False
         return self.adapter.pack_media or not self.adapter.has_media(inputs)
+
+    def with_position_ids(self, inputs: dict) -> dict:
+        """``inputs`` with the language model's position ids of their rows under ``row_position_ids`` ((B, 3, T),
+        rows first, so that cutting the rows cuts them) where the family computes them row by row in Python
+        (``adapter.costly_positions``: M-RoPE); a forward of these rows, or of any rows cut from them, reads
+        them instead of computing them again (a GradCache step: once per batch, not once per chunk)."""
+        if not self.adapter.costly_positions or ROW_POSITIONS in inputs:
+            return inputs
+        positions = self.adapter.position_ids(self.model, inputs)  # (3, B, T)
+        return {**inputs, ROW_POSITIONS: positions.transpose(0, 1)}
 
     def will_pack(self, inputs: dict, attention: str | None = None) -> bool:
         """Whether a forward of ``inputs`` packs their rows: :meth:`packs`, and the packing saves enough."""

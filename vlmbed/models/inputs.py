@@ -15,7 +15,10 @@ import torch
 
 from vlmbed.types import DOCUMENT, QUERY, ROLE_ALIASES, Item, encode_role
 
-__all__ = ["DEFAULT_TEMPLATES", "ROLE_ALIASES", "ItemEncoder", "render_chat"]
+__all__ = ["DEFAULT_TEMPLATES", "ROLE_ALIASES", "ROW_POSITIONS", "ItemEncoder", "render_chat"]
+
+# the language model's position ids of a batch's rows, rows first: (B, 3, T) for M-RoPE (Embedder.with_position_ids)
+ROW_POSITIONS = "row_position_ids"
 
 DEFAULT_TEMPLATES = {QUERY: "{instruction}{image}{text}", DOCUMENT: "{instruction}{image}{text}"}
 

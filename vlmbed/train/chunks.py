@@ -1,7 +1,7 @@
 """Split a role's processor inputs into chunks of rows (GradCache), images included.
 
-Row tensors (``input_ids``, ``attention_mask``, ``mm_token_type_ids``, ``positions``, ...) are cut
-along the batch dimension. Vision inputs are laid out per family (flat over images for Qwen-VL), so
+Row tensors (``input_ids``, ``attention_mask``, ``mm_token_type_ids``, ``positions``, the (B, 3, T)
+``row_position_ids``, ...) are cut along the batch dimension. Vision inputs are laid out per family (flat over images for Qwen-VL), so
 which images go with which rows is the family adapter's answer
 (:meth:`~vlmbed.models.adapters.FamilyAdapter.split_media` / ``concat_media``); a family that cannot
 split raises a clear error instead of dropping pixels. ``adapter``: the model's family adapter; None
@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from vlmbed.models.adapters import FamilyAdapter, adapter_for_inputs
+from vlmbed.models.inputs import ROW_POSITIONS
 
 
 def num_rows(inputs: dict) -> int:
@@ -177,8 +179,11 @@ def _trim(inputs: dict) -> dict:
     if length == mask.shape[1] or bool(mask[:, length:].any()):
         return inputs
     t = mask.shape[1]
-    return {k: (v[:, :length] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == t and k != "positions" else v)
-            for k, v in inputs.items()}
+    out = {k: (v[:, :length] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == t and k != "positions" else v)
+           for k, v in inputs.items()}
+    if inputs.get(ROW_POSITIONS) is not None:  # (B, 3, T)
+        out[ROW_POSITIONS] = inputs[ROW_POSITIONS][..., :length]
+    return out
 
 
 def has_media(inputs: dict | None, adapter: FamilyAdapter | None = None) -> bool:
@@ -200,6 +205,10 @@ def concat_rows(a: dict, b: dict, adapter: FamilyAdapter | None = None) -> dict:
         if key in media:
             continue
         if key in ("segment_ids", "segment_visibility"):
+            continue
+        if key == ROW_POSITIONS:  # (B, 3, T) position ids: kept where both sides have them
+            if a.get(key) is not None and b.get(key) is not None:
+                out[key] = torch.cat([nn.functional.pad(x[key], (0, t - x[key].shape[-1])) for x in (a, b)])
             continue
         if key == "positions":
             k = max(x[key].shape[1] if x.get(key) is not None else 0 for x in (a, b))

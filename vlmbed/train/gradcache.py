@@ -174,6 +174,7 @@ class GradCache:
              sync: SyncContext = _no_context) -> StepOutput:
         """One optimisation step's forward and backward; gradients accumulate in the parameters."""
         inputs_by_role, spans = joined_rows(encode, inputs_by_role, self.adapter)
+        inputs_by_role = with_positions(encode, inputs_by_role)  # once here, read by stage 1 and the replay
         chunks = self.chunks(inputs_by_role)
         merged = bool(self.chunk_size and self.embed_chunk_size and self.embed_chunk_size > self.chunk_size)
         first = plan_chunks(inputs_by_role, None, self.image_stand_in, self.image_token_id, self.adapter,
@@ -276,6 +277,8 @@ def full_batch_step(encode: Encode, inputs_by_role: dict, loss_fn: LossFn, backw
     inputs_by_role, spans = joined_rows(encode, inputs_by_role, adapter)
     counts = forward_counts(inputs_by_role, None) if image_token_id is not None and not packed(encode, inputs_by_role) \
         else None
+    if counts and any(k > 1 for k in counts.values()):
+        inputs_by_role = with_positions(encode, inputs_by_role)  # once, read by each length-sorted forward
     chunks = plan_chunks(inputs_by_role, None, image_stand_in, image_token_id, adapter=adapter, counts=counts)
     with sync(True):
         reps, idle = {}, []
@@ -303,6 +306,16 @@ def packed(encode: Encode, inputs_by_role: dict) -> bool:
     packs = getattr(encode, "packs", None)
     local = packs is not None and all(v is None or packs(v) for v in inputs_by_role.values())
     return not dist.any_true(not local)
+
+
+def with_positions(encode: Encode, inputs_by_role: dict) -> dict:
+    """Each role's inputs with their rows' position ids computed once (``encode.positions``: the model's
+    :meth:`~vlmbed.models.embedder.Embedder.with_position_ids`), so that every forward of rows cut from them
+    reads them; the inputs as they are for an encoder without it."""
+    add = getattr(encode, "positions", None)
+    if add is None:
+        return inputs_by_role
+    return {role: add(v) if v is not None and num_rows(v) else v for role, v in inputs_by_role.items()}
 
 
 def joined_rows(encode: Encode, inputs_by_role: dict, adapter=None) -> tuple[dict, dict | None]:

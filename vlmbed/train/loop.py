@@ -114,6 +114,7 @@ def encoder_fn(model):
     encode.role_free = True  # every role is encoded alike: a step may join the roles' rows into one batch
     inner = getattr(model, "module", model)  # under DDP, the Embedder
     encode.packs = getattr(inner, "will_pack", None)  # inputs -> whether the model packs their rows (no padding)
+    encode.positions = getattr(inner, "with_position_ids", None)  # inputs -> inputs with their rows' position ids
     return encode
 
 
@@ -201,7 +202,7 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
         return full_batch_step(encode, roles, loss_fn, backward, micro_sync, image_stand_in=stand_in,
                                adapter=unwrapped.adapter, image_token_id=engine.image_token_id)
 
-    start, seen, last_loss = time.time(), 0, float("nan")
+    start, rows_here, last_loss = time.time(), 0, float("nan")  # rows_here: this process's examples so far
     dropped: Counter = Counter()  # this process's records/images/text dropped at collate time (bad images, bounds)
     batches = iter(loader)
     while progress.step < total_steps:
@@ -219,10 +220,11 @@ def train_stage(stage: StageConfig, stage_dir: Path, model_path: Path) -> StageR
         progress.nonfinite_in_row = 0
         scheduler.step()
         progress.step += 1
-        seen += sum(dist.gather_sizes(rows))
-        parts = global_mean_parts(out.parts)
-        last_loss = parts["loss"]
+        rows_here += rows
         if progress.step % cfg.log_every == 0 or progress.step == total_steps:
+            # the only per-step collectives and host syncs left for logging are here, on logged steps
+            parts = global_mean_parts(out.parts)
+            last_loss, seen = parts["loss"], sum(dist.gather_sizes(rows_here))
             row = {"step": progress.step, "epoch": progress.batches_seen / steps_per_epoch,
                    "lr": scheduler.get_last_lr()[0], "examples_per_s": seen / max(1e-9, time.time() - start),
                    "nonfinite_steps": progress.nonfinite_total, **parts,

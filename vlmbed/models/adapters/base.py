@@ -133,6 +133,9 @@ class FamilyAdapter(ABC):
     # batch in row order (split_media per row, concatenated in a new row order) and the model adds nothing to
     # the mask per image; otherwise only text-only batches are packed
     pack_media: bool = False
+    # position_ids() walks the rows in Python (M-RoPE's get_rope_index): a step computes them once per batch and
+    # its forwards (GradCache's chunks) read them (Embedder.with_position_ids) instead of computing them again
+    costly_positions: bool = False
 
     def has_media(self, inputs: dict) -> bool:
         """Whether the inputs carry any image (or video) for the vision tower."""

@@ -29,6 +29,7 @@ class QwenVLAdapter(FamilyAdapter):
     special_tokens = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", eos_token, mark_token)
     media_keys = (*VISION_KEYS, *VISION_KEYS.values())
     pack_media = True  # flat pixel rows + one grid per image, in row order
+    costly_positions = True  # get_rope_index: a Python loop over rows (and a host sync per row on a GPU)
 
     def set_pixel_bounds(self, processor, min_pixels: int | None, max_pixels: int | None) -> None:
         """Image resolution bounds (pixels) on the image processor; saved with it (preprocessor_config)."""
