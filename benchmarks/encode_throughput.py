@@ -158,8 +158,9 @@ def run_size(size: str, root: Path, args, peak: float) -> dict:
                                                       ours(cands, "document", compiled))
     out: dict = {}
     for name, (arms, n) in runs.items():
-        for arm in arms.values():  # warm-up (allocator, thread pools; compilation)
-            arm()
+        for _ in range(2):  # warm-up (thread pools; compilation; the heap growing to its peak: two rounds)
+            for arm in arms.values():
+                arm()
         times = interleaved(arms, args.repeats)
         for arm, ts in times.items():
             out[f"items_per_s_{arm}_{name}"] = round(n / statistics.median(ts), 2)
