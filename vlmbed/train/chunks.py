@@ -1,8 +1,8 @@
 """Split a role's processor inputs into chunks of rows (GradCache), images included.
 
 Row tensors (``input_ids``, ``attention_mask``, ``mm_token_type_ids``, ``positions``, the (B, 3, T)
-``row_position_ids``, ...) are cut along the batch dimension. Vision inputs are laid out per family (flat over images for Qwen-VL), so
-which images go with which rows is the family adapter's answer
+``row_position_ids``, ...) are cut along the batch dimension. Vision inputs are laid out per family (flat over
+images for Qwen-VL), so which images go with which rows is the family adapter's answer
 (:meth:`~vlmbed.models.adapters.FamilyAdapter.split_media` / ``concat_media``); a family that cannot
 split raises a clear error instead of dropping pixels. ``adapter``: the model's family adapter; None
 picks the adapter whose layout the inputs have (:func:`~vlmbed.models.adapters.adapter_for_inputs`).
