@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 __all__ = ["keep_freed_memory"]
@@ -31,14 +32,10 @@ TRIM_THRESHOLD = 1024 * 1024 * 1024
 TOP_PAD = 64 * 1024 * 1024
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
 
-_state: dict[str, bool] = {}
-
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Set glibc's malloc thresholds once per process (see the module docstring); True where they are set."""
-    if "applied" not in _state:
-        _state["applied"] = _apply()
-    return _state["applied"]
+    return _apply()
 
 
 def _apply() -> bool:

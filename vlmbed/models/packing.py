@@ -98,7 +98,8 @@ def plan_packing(attention_mask: torch.Tensor, min_saving: float = 0.1, hidden_s
         return rows * length * (1 + length / (3 * hidden_size) if hidden_size else 1)
 
     options = []  # (packed rows, their length = the fullest one's tokens) per capacity
-    for capacity in sorted({int(f * max(lens)) for f in CAPACITIES}):
+    longest = max(lens)
+    for capacity in sorted({int(f * longest) for f in CAPACITIES}):
         bins = _first_fit(lens, capacity)
         options.append((bins, max(sum(lens[r] for r in m) for m in bins)))
     bins, length = min(options, key=lambda o: cost(len(o[0]), o[1]))
