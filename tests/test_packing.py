@@ -206,3 +206,41 @@ def test_dense_block_masks_equal_the_mask_interfaces(impl, causal):
                                     block_fn=lambda *idx, fn=fn: fn(*idx))["full_attention"]  # no .dense
         assert fast.dtype == ref.dtype and torch.equal(fast, ref)
     assert torch.equal(packed.masks(config, torch.float32, causal)["full_attention"], fast)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_gradcache_reads_position_ids_computed_once_on_released_folders(released_folder, family):
+    """On folders laid out as released (M-RoPE families): a GradCache step whose chunks read the step's position
+    ids (computed once) gives the loss and gradients of chunks that compute their own."""
+    from vlmbed.objectives import infonce
+    from vlmbed.train.gradcache import GradCache
+    from vlmbed.train.loop import encoder_fn
+
+    embedder = _load(released_folder(family)).train()
+    assert embedder.adapter.costly_positions
+    items = _items()
+    roles = {"query": embedder.tokenize([Item(text="q " * (2 * i + 1), image=it.image) for i, it in
+                                          enumerate(items)], "query"),
+             "positive": embedder.tokenize(items, "document")}
+    results = []
+    for shared in (True, False):
+        embedder.zero_grad(set_to_none=True)
+        encode = encoder_fn(embedder)
+        if not shared:
+            encode.positions = None
+        calls = []
+        position_ids = embedder.adapter.position_ids
+        embedder.adapter.position_ids = lambda model, inputs, calls=calls, real=position_ids: (
+            calls.append(1) or real(model, inputs))
+        try:
+            out = GradCache(2).step(encode, roles, lambda reps: {"loss": infonce.loss(
+                reps["query"], reps["positive"], temperature=0.05)["infonce"]}, lambda loss, last: loss.backward())
+        finally:
+            del embedder.adapter.position_ids
+        grads = {n: p.grad.clone() for n, p in embedder.named_parameters() if p.grad is not None}
+        results.append((float(out.parts["loss"]), grads, len(calls)))
+    (loss_a, grads_a, calls_a), (loss_b, grads_b, calls_b) = results
+    assert calls_a == 1 and calls_b > 2  # once per step, against once per forward
+    assert abs(loss_a - loss_b) < 1e-5 and grads_a.keys() == grads_b.keys()
+    for name, g in grads_a.items():
+        assert torch.allclose(g, grads_b[name], atol=1e-5, rtol=1e-4), name
